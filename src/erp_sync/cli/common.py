@@ -1,0 +1,54 @@
+"""What every CLI command shares: settings, logging, the runtime, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from erp_sync.kit.logging import configure_logging, redact_text
+from erp_sync.runtime import Runtime, runtime
+from erp_sync.settings import Settings, get_settings
+
+T = TypeVar("T")
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"error: {redact_text(message)}", markup=False)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    s = get_settings()
+    configure_logging(
+        s.log_level if s.log_level != "INFO" else "WARNING",
+        json=s.production,
+        secrets=s.secret_values(),
+    )
+    return s
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def with_runtime(fn: Callable[[Runtime], Awaitable[T]], *, name: str = "erp-sync-cli") -> T:
+    s = settings()
+
+    async def go() -> T:
+        async with runtime(s, name=name) as rt:
+            return await fn(rt)
+
+    return run(go())
+
+
+def print_json(data: object) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -1,0 +1,1 @@
+"""Infrastructure helpers. Nothing here imports the rest of erp_sync."""

@@ -1,0 +1,13 @@
+from erp_sync.models.base import Base
+from erp_sync.models.jobrun import JOB_STATUSES, TRIGGERS, JobRun
+from erp_sync.models.tenant import CONNECTION_STATUSES, ErpConnection, Tenant
+
+__all__ = [
+    "CONNECTION_STATUSES",
+    "JOB_STATUSES",
+    "TRIGGERS",
+    "Base",
+    "ErpConnection",
+    "JobRun",
+    "Tenant",
+]

@@ -1,0 +1,159 @@
+"""Shared fixtures: a real, freshly migrated PostgreSQL database and real Redis.
+
+Each test starts from empty tables (truncation) and gets its own BullMQ key prefix,
+so tests never see each other's rows or queues.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis as syncredis
+
+from erp_sync.kit.crypto import generate_key
+from erp_sync.migrations import upgrade
+from erp_sync.models import Base
+from erp_sync.runtime import Runtime, open_runtime
+from erp_sync.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_SERVER = os.environ.get("TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_DB = os.environ.get("TEST_DB_NAME", "erp_sync_test")
+ENCRYPTION_KEY = generate_key()
+API_TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: connections are refused at once."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'.encode())
+        conn.execute(f'CREATE DATABASE "{TEST_DB}"'.encode())
+    url = f"{PG_SERVER}/{TEST_DB}"
+    upgrade(Settings(_env_file=None, database_url=url), create_database=False)
+    return url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": REDIS_URL,
+        "encryption_key": ENCRYPTION_KEY,
+        "api_token": API_TOKEN,
+        "queue_prefix": "test-" + uuid.uuid4().hex[:12],
+        "redis_password_file": None,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def truncate_all(database_url: str) -> None:
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE".encode())
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> str:
+    truncate_all(database_url)
+    return database_url
+
+
+@pytest.fixture
+def settings(clean_db: str) -> Iterator[Settings]:
+    s = make_settings(clean_db)
+    yield s
+    # Drop this test's queues and heartbeats.
+    r = syncredis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(f"{s.queue_prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+@pytest.fixture
+async def rt(settings: Settings) -> AsyncIterator[Runtime]:
+    runtime = open_runtime(settings, name="erp-sync-test")
+    yield runtime
+    await runtime.close()
+
+
+@pytest.fixture
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    from erp_sync.api.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as client:
+            yield client
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for an `erp-sync` child process configured like ``settings``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "REDIS_", "BULLBOARD_", "API_TOKEN", "ENCRYPTION_KEY"))
+    }
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "QUEUE_PREFIX": settings.queue_prefix,
+            "ENCRYPTION_KEY": ENCRYPTION_KEY,
+            "API_TOKEN": API_TOKEN,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def erp_sync_cmd() -> list[str]:
+    return [str(Path(sys.executable).parent / "erp-sync")]
+
+
+def run_cli(
+    settings: Settings,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*erp_sync_cmd(), *args],
+        env=env or service_env(settings),
+        cwd=cwd or ROOT / "tests",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        check=False,
+    )
