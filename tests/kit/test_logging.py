@@ -87,3 +87,17 @@ def test_production_logs_are_json(clean_db: str) -> None:
     assert event["event"] == "tenant.synced"
     assert event["tenant_id"] == "acme" and event["job_id"] == "sync:acme"
     assert event["level"] == "info" and "timestamp" in event
+
+
+def test_only_secret_fields_of_credentials_are_masked() -> None:
+    from erp_sync.kit.logging import redact_text, register_secrets_in
+
+    register_secrets_in(
+        {
+            "login": "operator-login",
+            "password": "pw-abcdef-1",
+            "oauth": {"refresh_token": "rt-xyz-123"},
+        }
+    )
+    text = redact_text("operator-login used pw-abcdef-1 and rt-xyz-123")
+    assert text == "operator-login used *** and ***"

@@ -34,15 +34,16 @@ def register_secret(*values: str | None) -> None:
                 _secrets.add(value)
 
 
-def register_secrets_in(data: Any) -> None:
-    """Register every string leaf of a credentials object."""
+def register_secrets_in(data: Any, *, sensitive: bool = False) -> None:
+    """Register the string leaves of a credentials object that sit under a sensitive key
+    (password, token, secret, ...); logins and URLs are not secrets and stay readable."""
     if isinstance(data, dict):
-        for value in data.values():
-            register_secrets_in(value)
+        for key, value in data.items():
+            register_secrets_in(value, sensitive=sensitive or bool(_SENSITIVE_KEY.search(str(key))))
     elif isinstance(data, list | tuple):
         for value in data:
-            register_secrets_in(value)
-    elif isinstance(data, str):
+            register_secrets_in(value, sensitive=sensitive)
+    elif isinstance(data, str) and sensitive:
         register_secret(data)
 
 
