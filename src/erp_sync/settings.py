@@ -88,6 +88,21 @@ class Settings(BaseSettings):
     # Seconds a worker waits for running jobs after SIGTERM before it gives up on them.
     worker_grace_seconds: float = Field(default=30.0, ge=0)
     default_schedule: str = DEFAULT_SCHEDULE
+    # Cron expressions are read in this time zone (Brazilian customers think in local time).
+    schedule_tz: str = "America/Sao_Paulo"
+    # How often the scheduler re-reads tenants and fixes the job schedulers in Redis.
+    scheduler_interval_seconds: float = Field(default=60.0, gt=0)
+
+    # Attempts per job and the capped exponential backoff between them.
+    job_attempts: int = Field(default=5, ge=1, le=100)
+    job_backoff_ms: int = Field(default=5000, ge=0)
+    job_backoff_max_ms: int = Field(default=600_000, ge=0)
+    # A job whose worker died is recovered after at most
+    # job_lock_ms + 2 x stalled_interval_ms (60 s with these defaults).
+    job_lock_ms: int = Field(default=30_000, ge=1000)
+    stalled_interval_ms: int = Field(default=15_000, ge=500)
+    max_stalled_count: int = Field(default=3, ge=0)
+    heartbeat_ttl_seconds: int = Field(default=30, ge=2)
 
     @field_validator("database_url")
     @classmethod
@@ -102,6 +117,17 @@ class Settings(BaseSettings):
     def _redis_url_is_redis(cls, value: str) -> str:
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("schedule_tz")
+    @classmethod
+    def _tz_is_known(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone (e.g. America/Sao_Paulo)") from None
         return value
 
     @field_validator("default_schedule")

@@ -14,6 +14,8 @@ from redis.exceptions import RedisError
 from erp_sync import __version__
 from erp_sync.api import health
 from erp_sync.errors import ConfigError, DomainError, ErpSyncError, Invalid
+from erp_sync.jobs import routes as job_routes
+from erp_sync.jobs.queues import JobQueues
 from erp_sync.kit.logging import get_logger
 from erp_sync.kit.outages import describe_outage
 from erp_sync.runtime import open_runtime
@@ -68,9 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = open_runtime(settings, name="erp-sync-api")
+        app.state.queues = JobQueues(settings)
         try:
             yield
         finally:
+            await app.state.queues.close()
             await app.state.runtime.close()
 
     app = FastAPI(
@@ -87,4 +91,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(outage, _outage)
     app.include_router(health.router)
     app.include_router(tenant_routes.router)
+    app.include_router(job_routes.router)
     return app

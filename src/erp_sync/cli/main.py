@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from erp_sync.cli import common
+from erp_sync.cli import jobs as jobs_cli
 from erp_sync.cli.tenants import tenants_app
 from erp_sync.errors import ConfigError, ErpSyncError
 from erp_sync.kit.crypto import generate_key
@@ -23,6 +24,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(jobs_cli.queues_app, name="queues")
+for _command in (
+    jobs_cli.worker,
+    jobs_cli.scheduler,
+    jobs_cli.start,
+    jobs_cli.reprocess,
+    jobs_cli.jobruns,
+    jobs_cli.prune,
+):
+    app.command()(_command)
 
 
 @app.command()

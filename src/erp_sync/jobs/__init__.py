@@ -1,0 +1,1 @@
+"""BullMQ queues, workers, schedules and the JobRun ledger."""

@@ -1,0 +1,1 @@
+"""The sync engine: connector pages in, canonical rows out."""
