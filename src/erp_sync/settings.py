@@ -127,7 +127,9 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not a known time zone (e.g. America/Sao_Paulo)") from None
+            raise ValueError(
+                f"{value!r} is not a known time zone, e.g. America/Sao_Paulo"
+            ) from None
         return value
 
     @field_validator("default_schedule")

@@ -327,14 +327,19 @@ class WorkerService:
         them (BullMQ's stalled check hands them to another worker)."""
         grace = self.settings.worker_grace_seconds if grace is None else grace
         log.info("worker.stopping", running=len(self.running), grace_seconds=grace)
-        closing = [asyncio.create_task(w.close()) for w in self.workers.values()]
-        _done, pending = await asyncio.wait(closing, timeout=grace) if closing else (set(), set())
-        if pending:
+        # Pause first and close only when idle: bullmq's close() ends the lock renewal
+        # while jobs still run, so a job outliving the lock would be lost at the finish.
+        for w in self.workers.values():
+            await w.pause(do_not_wait_active=True)
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        force = bool(self.running)
+        if force:
             log.warning("worker.grace_expired", abandoned=sorted(self.running))
-            for w in self.workers.values():
-                with contextlib.suppress(Exception):
-                    await w.close(force=True)
-            await asyncio.gather(*pending, return_exceptions=True)
+        for w in self.workers.values():
+            with contextlib.suppress(Exception):
+                await w.close(force=force)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
