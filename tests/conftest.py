@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import psycopg
 import pytest
 import redis as syncredis
 
+from erp_sync.jobs.queues import JobQueues
+from erp_sync.jobs.worker import Handler, WorkerService
 from erp_sync.kit.crypto import generate_key
 from erp_sync.migrations import upgrade
 from erp_sync.models import Base
@@ -157,3 +159,38 @@ def run_cli(
         input=input,
         check=False,
     )
+
+
+# -- queues and workers (fast timings: recovery in seconds) ------------------------------
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    from tests.jobs.helpers import fast_settings
+
+    return fast_settings(settings)
+
+
+@pytest.fixture
+async def queues(fast: Settings) -> AsyncIterator[JobQueues]:
+    q = JobQueues(fast)
+    yield q
+    await q.close()
+
+
+@pytest.fixture
+async def start_worker(fast: Settings) -> AsyncIterator[Callable[..., object]]:
+    started: list[WorkerService] = []
+
+    async def start(
+        handlers: dict[tuple[str, str], Handler] | None = None, **overrides: object
+    ) -> WorkerService:
+        s = fast.model_copy(update=overrides) if overrides else fast
+        service = WorkerService(s, handlers=handlers) if handlers else WorkerService(s)
+        await service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        await service.stop(grace=5)

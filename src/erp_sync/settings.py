@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     max_stalled_count: int = Field(default=3, ge=0)
     heartbeat_ttl_seconds: int = Field(default=30, ge=2)
 
+    @field_validator("log_level", "app_env", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, str):
+            return value.upper() if info.field_name == "log_level" else value.lower()
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_postgres(cls, value: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -65,7 +64,10 @@ async def runs_of(rt: Runtime, job_id: str) -> list[JobRun]:
 
 
 async def test_sigkill_mid_job_is_recovered_by_another_worker(
-    rt: Runtime, queues: JobQueues, fast: Settings, spawn: Callable[..., subprocess.Popen[str]],
+    rt: Runtime,
+    queues: JobQueues,
+    fast: Settings,
+    spawn: Callable[..., subprocess.Popen[str]],
     start_worker: Callable[..., Any],
 ) -> None:
     await add_tenant(rt, "acme")
@@ -105,9 +107,17 @@ async def test_reaper_closes_rows_of_a_dead_worker_even_without_recovery(
     await add_tenant(rt, "acme")
     async with rt.unit_of_work() as session:
         session.add(
-            JobRun(tenantId="acme", jobName="sync-tenant", jobId="gone-1", queue="sync",
-                   status="RUNNING", attempt=1, trigger="cron", workerId="dead-worker",
-                   startedAt=utcnow() - timedelta(minutes=5))
+            JobRun(
+                tenantId="acme",
+                jobName="sync-tenant",
+                jobId="gone-1",
+                queue="sync",
+                status="RUNNING",
+                attempt=1,
+                trigger="cron",
+                workerId="dead-worker",
+                startedAt=utcnow() - timedelta(minutes=5),
+            )
         )
     worker: WorkerService = await start_worker()
     assert await worker.reap() == 1
@@ -175,6 +185,3 @@ def test_unknown_queue_is_a_clear_error(fast: Settings) -> None:
     r = run_cli(fast, "queues", "pause", "nope")
     assert r.returncode == 1
     assert r.stderr.strip() == "error: unknown queue 'nope'; the queues are sync, maintenance"
-
-
-_ = os

@@ -15,7 +15,8 @@ from erp_sync.runtime import Runtime, runtime
 from erp_sync.settings import Settings, get_settings
 
 T = TypeVar("T")
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, logs) gets wide tables instead of rich's 80-column default.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -10,6 +10,7 @@ import typer
 
 from erp_sync.cli import common
 from erp_sync.cli import jobs as jobs_cli
+from erp_sync.cli.sandbox import sandbox_app
 from erp_sync.cli.tenants import tenants_app
 from erp_sync.errors import ConfigError, ErpSyncError
 from erp_sync.kit.crypto import generate_key
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(jobs_cli.queues_app, name="queues")
+app.add_typer(sandbox_app, name="sandbox")
 for _command in (
     jobs_cli.worker,
     jobs_cli.scheduler,

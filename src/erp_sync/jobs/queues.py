@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import redis.asyncio as aioredis
 from bullmq import Job, Queue
 from pydantic import BaseModel, Field
 
@@ -60,10 +61,36 @@ def job_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def bounded(call: Awaitable[T], what: str, timeout: float = REDIS_CALL_TIMEOUT_S) -> T:
+async def diagnose_redis(settings: Settings) -> str | None:
+    """Why Redis is not answering, asked with one plain connection and no retries."""
+    client = aioredis.from_url(
+        settings.redis_url,
+        password=settings.current_redis_password(),
+        socket_connect_timeout=2,
+        socket_timeout=2,
+        retry=None,
+    )
+    try:
+        await client.ping()
+    except Exception as exc:
+        return describe_outage(exc)
+    finally:
+        await client.aclose()
+    return None
+
+
+async def bounded(
+    call: Awaitable[T],
+    what: str,
+    timeout: float = REDIS_CALL_TIMEOUT_S,
+    settings: Settings | None = None,
+) -> T:
     try:
         return await asyncio.wait_for(call, timeout)
     except TimeoutError:
+        reason = await diagnose_redis(settings) if settings is not None else None
+        if reason:
+            raise QueueUnavailable(f"{what} failed: {reason}") from None
         raise QueueUnavailable(
             f"Redis did not answer within {timeout:g} s while {what}; "
             "check that it runs and that REDIS_URL / REDIS_PASSWORD are right."
@@ -115,6 +142,9 @@ class JobQueues:
                 f"unknown queue {name!r}; the queues are {', '.join(QUEUES)}", field="queue"
             ) from None
 
+    async def call(self, coro: Awaitable[T], what: str) -> T:
+        return await bounded(coro, what, settings=self.settings)
+
     async def close(self) -> None:
         for q in self.queues.values():
             with contextlib.suppress(Exception):
@@ -127,7 +157,7 @@ class JobQueues:
             "jobId": proposed,
             "deduplication": {"id": dedup_id(data.tenantId)},
         }
-        job = await bounded(
+        job = await self.call(
             self.sync.add(SYNC_JOB, data.model_dump(exclude_none=True), opts),
             f"queueing a sync of tenant {data.tenantId}",
         )
@@ -137,36 +167,36 @@ class JobQueues:
         data: dict[str, Any] = {"trigger": "manual"}
         if days is not None:
             data["days"] = days
-        job = await bounded(
+        job = await self.call(
             self.maintenance.add(PRUNE_JOB, data, job_options(self.settings)), "queueing a prune"
         )
         return str(job.id)
 
     async def get_job(self, queue: str, job_id: str) -> Job | None:
-        result: Job | None = await bounded(
+        result: Job | None = await self.call(
             Job.fromId(self.get(queue), job_id), f"reading job {job_id}"
         )
         return result
 
     async def job_state(self, queue: str, job_id: str) -> str:
-        return str(await bounded(self.get(queue).getJobState(job_id), f"reading job {job_id}"))
+        return str(await self.call(self.get(queue).getJobState(job_id), f"reading job {job_id}"))
 
     async def pause(self, name: str) -> None:
-        await bounded(self.get(name).pause(), f"pausing queue {name}")
+        await self.call(self.get(name).pause(), f"pausing queue {name}")
 
     async def resume(self, name: str) -> None:
-        await bounded(self.get(name).resume(), f"resuming queue {name}")
+        await self.call(self.get(name).resume(), f"resuming queue {name}")
 
     async def status(self) -> list[dict[str, Any]]:
         out = []
         for name, q in self.queues.items():
-            counts = await bounded(
+            counts = await self.call(
                 q.getJobCounts(
                     "waiting", "active", "delayed", "prioritized", "completed", "failed", "paused"
                 ),
                 f"counting jobs of queue {name}",
             )
-            paused = await bounded(q.isPaused(), f"reading queue {name}")
+            paused = await self.call(q.isPaused(), f"reading queue {name}")
             # A paused queue keeps its waiting jobs in the "paused" list.
             counts["waiting"] = int(counts.get("waiting", 0)) + int(counts.pop("paused", 0))
             out.append({"queue": name, "paused": bool(paused), "counts": counts})

@@ -23,7 +23,7 @@ from erp_sync.jobs.names import (
     dedup_id,
     scheduler_id,
 )
-from erp_sync.jobs.queues import JobQueues, bounded, job_options
+from erp_sync.jobs.queues import JobQueues, job_options
 from erp_sync.kit.logging import get_logger
 from erp_sync.models import Tenant
 from erp_sync.runtime import Runtime
@@ -67,7 +67,7 @@ async def schedulable_tenants(rt: Runtime) -> dict[str, str]:
 
 
 async def current_schedulers(queues: JobQueues) -> dict[str, dict[str, Any]]:
-    items = await bounded(queues.sync.getJobSchedulers(0, -1, True), "reading job schedulers")
+    items = await queues.call(queues.sync.getJobSchedulers(0, -1, True), "reading job schedulers")
     return {str(s["key"]): s for s in items if str(s.get("key", "")).startswith(SYNC_PREFIX)}
 
 
@@ -90,7 +90,7 @@ async def reconcile(rt: Runtime, queues: JobQueues) -> ReconcileResult:
         (changed if have is not None else created).append(tenant_id)
     removed = []
     for sid in sorted(set(existing) - {scheduler_id(t) for t in wanted}):
-        await bounded(queues.sync.removeJobScheduler(sid), f"removing job scheduler {sid}")
+        await queues.call(queues.sync.removeJobScheduler(sid), f"removing job scheduler {sid}")
         removed.append(sid.removeprefix(SYNC_PREFIX))
     await ensure_prune_schedule(queues, settings)
     if created or changed or removed:
@@ -102,7 +102,7 @@ async def upsert_tenant_schedule(
     queues: JobQueues, settings: Settings, tenant_id: str, cron: str
 ) -> None:
     opts = {**job_options(settings), "deduplication": {"id": dedup_id(tenant_id)}}
-    await bounded(
+    await queues.call(
         queues.sync.upsertJobScheduler(
             scheduler_id(tenant_id),
             {"pattern": cron, "tz": settings.schedule_tz},
@@ -115,12 +115,14 @@ async def upsert_tenant_schedule(
 
 
 async def ensure_prune_schedule(queues: JobQueues, settings: Settings) -> None:
-    have = await bounded(
-        queues.maintenance.getJobScheduler(PRUNE_SCHEDULER_ID), "reading the prune schedule"
+    # getJobScheduler() of bullmq 3.4 raises for an absent id: list them instead.
+    items = await queues.call(
+        queues.maintenance.getJobSchedulers(0, -1, True), "reading the prune schedule"
     )
+    have = next((s for s in items if s.get("key") == PRUNE_SCHEDULER_ID), None)
     if have and have.get("pattern") == PRUNE_CRON and have.get("tz") == settings.schedule_tz:
         return
-    await bounded(
+    await queues.call(
         queues.maintenance.upsertJobScheduler(
             PRUNE_SCHEDULER_ID,
             {"pattern": PRUNE_CRON, "tz": settings.schedule_tz},

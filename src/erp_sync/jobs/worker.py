@@ -332,7 +332,7 @@ class WorkerService:
         for w in self.workers.values():
             await w.pause(do_not_wait_active=True)
         deadline = time.monotonic() + grace
-        while self.running and time.monotonic() < deadline:
+        while self.running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a dict
             await asyncio.sleep(0.05)
         force = bool(self.running)
         if force:

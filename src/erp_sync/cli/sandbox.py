@@ -1,0 +1,83 @@
+"""``erp-sync sandbox ...``: run a sandbox ERP server locally (all logic in erp_sync.sandbox)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+DEMO_SECRET = "sandbox-secret"  # noqa: S105 - a public demo credential, printed at start
+
+sandbox_app = typer.Typer(
+    help="Local stand-ins for ERP APIs, for connector development, tests and benchmarks.",
+    no_args_is_help=True,
+)
+
+
+@sandbox_app.callback()
+def _group() -> None:
+    """Local stand-ins for ERP APIs (the callback keeps ``sandbox bling`` a subcommand)."""
+
+
+@sandbox_app.command()
+def bling(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 8901,
+    products: Annotated[int, typer.Option(help="Products at start")] = 1000,
+    customers: Annotated[int, typer.Option(help="Customers (contatos) at start")] = 300,
+    orders: Annotated[int, typer.Option(help="Sales orders at start")] = 2000,
+    warehouses: Annotated[int, typer.Option(help="Warehouses (depósitos), 1-3")] = 3,
+    seed: Annotated[int, typer.Option(help="Same seed, same data")] = 1,
+    history_days: Annotated[int, typer.Option(help="Days of change history")] = 730,
+    anchor: Annotated[
+        str, typer.Option(help="YYYY-MM-DD ending the history (default today): same data any day")
+    ] = "",
+    latency_ms: Annotated[int, typer.Option(help="Added to every API answer")] = 0,
+    error_rate: Annotated[float, typer.Option(help="Share of 500/502/503 answers")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(help="Share of broken records")] = 0.0,
+    rate_limit: Annotated[int, typer.Option(help="Requests/s per account, 0 = off")] = 3,
+    daily_limit: Annotated[int, typer.Option(help="Requests/day per account, 0 = off")] = 120_000,
+    token_ttl: Annotated[int, typer.Option(help="Access token lifetime, seconds")] = 21600,
+    client_id: Annotated[str, typer.Option(help="OAuth client id")] = "merxios-sandbox",
+    client_secret: Annotated[str, typer.Option(help="OAuth client secret")] = DEMO_SECRET,
+    auth_code: Annotated[str, typer.Option(help="Authorization code to exchange")] = "sandbox-code",
+    mutate_every: Annotated[
+        float, typer.Option(help="Apply a small batch of changes every N seconds, 0 = off")
+    ] = 0.0,
+) -> None:
+    """Serve the Bling API v3 sandbox until Ctrl-C."""
+    from erp_sync.sandbox.bling import BlingSandboxConfig, serve
+    from erp_sync.sandbox.common import parse_local
+
+    try:
+        config = BlingSandboxConfig(
+            anchor=parse_local(anchor) if anchor else 0,
+            host=host,
+            port=port,
+            products=products,
+            customers=customers,
+            orders=orders,
+            warehouses=warehouses,
+            seed=seed,
+            history_days=history_days,
+            latency_ms=latency_ms,
+            error_rate=error_rate,
+            malformed_rate=malformed_rate,
+            rate_limit=rate_limit,
+            daily_limit=daily_limit,
+            token_ttl=token_ttl,
+            client_id=client_id,
+            client_secret=client_secret,
+            auth_code=auth_code,
+            mutate_every=mutate_every,
+        )
+        config.knobs()  # validates the runtime knobs before binding anything
+        serve(config, announce=lambda line: typer.echo(line))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
