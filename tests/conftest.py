@@ -31,7 +31,8 @@ from erp_sync.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TEST_DB = os.environ.get("TEST_DB_NAME", "erp_sync_test")
+# One database per test run, so that parallel runs (CI, developers, helpers) never collide.
+TEST_DB = os.environ.get("TEST_DB_NAME", f"erp_sync_test_{os.getpid()}")
 ENCRYPTION_KEY = generate_key()
 API_TOKEN = "test-token-" + uuid.uuid4().hex
 
@@ -48,13 +49,15 @@ def closed_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'.encode())
         conn.execute(f'CREATE DATABASE "{TEST_DB}"'.encode())
     url = f"{PG_SERVER}/{TEST_DB}"
     upgrade(Settings(_env_file=None, database_url=url), create_database=False)
-    return url
+    yield url
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'.encode())
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
