@@ -1,5 +1,15 @@
 from erp_sync.models.base import Base
 from erp_sync.models.jobrun import JOB_STATUSES, TRIGGERS, JobRun
+from erp_sync.models.store import (
+    Customer,
+    Product,
+    QuarantinedRecord,
+    SalesOrder,
+    SalesOrderLine,
+    StockLevel,
+    SyncSeen,
+    SyncState,
+)
 from erp_sync.models.tenant import CONNECTION_STATUSES, ErpConnection, Tenant
 
 __all__ = [
@@ -7,6 +17,14 @@ __all__ = [
     "JOB_STATUSES",
     "TRIGGERS",
     "Base",
+    "Customer",
+    "Product",
+    "QuarantinedRecord",
+    "SalesOrder",
+    "SalesOrderLine",
+    "StockLevel",
+    "SyncSeen",
+    "SyncState",
     "ErpConnection",
     "JobRun",
     "Tenant",

@@ -1,0 +1,163 @@
+"""Writer benchmark: our batch upsert vs plain binary COPY, same rows, same run.
+
+    .venv/bin/python bench/writer.py --rows 1000000 [--batch 50000]
+
+Creates its own database (erp_sync_bench), migrates it, and appends the figures to
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from erp_sync.canonical import Product
+from erp_sync.migrations import upgrade
+from erp_sync.models import ErpConnection, Tenant
+from erp_sync.runtime import open_runtime
+from erp_sync.settings import Settings
+from erp_sync.sync import writer
+
+SERVER = os.environ.get("BENCH_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+DB = "erp_sync_bench"
+RESULTS = Path(__file__).parent / "RESULTS.md"
+
+
+def make_rows(start: int, count: int) -> list[writer.Row]:
+    rows = []
+    for i in range(start, start + count):
+        raw = {
+            "id": i, "codigo": f"SKU-{i:08d}",
+            "nome": f"Parafuso Sextavado Inox M{i % 20} lote {i}",
+            "preco": round(10 + (i % 1000) / 7, 2), "precoCusto": round(5 + (i % 500) / 9, 2),
+            "situacao": "A", "tipo": "P", "formato": "S", "unidade": "UN", "gtin": f"789{i:010d}",
+            "marca": "Marca Boa", "tributacao": {"ncm": "73181500", "origem": 0},
+            "descricaoCurta": "Parafuso de aço inoxidável para uso geral em montagens",
+            "dimensoes": {"largura": 1.5, "altura": 2.5, "profundidade": 3.5},
+        }  # fmt: skip
+        record = Product(
+            externalId=str(i), sku=raw["codigo"], name=raw["nome"], gtin=raw["gtin"],
+            ncm="73181500",
+            unit="UN", brand="Marca Boa", listPrice=Decimal(str(raw["preco"])),
+            costPrice=Decimal(str(raw["precoCusto"])), active=True,
+            sourceUpdatedAt=datetime(2026, 1, 1, tzinfo=UTC),
+        )  # fmt: skip
+        rows.append(writer.Row(record, raw, writer.content_hash(raw)))
+    return rows
+
+
+def reset_db() -> str:
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'.encode())
+        c.execute(f'CREATE DATABASE "{DB}"'.encode())
+    url = f"{SERVER}/{DB}"
+    upgrade(Settings(_env_file=None, database_url=url), create_database=False)
+    return url
+
+
+def copy_baseline(url: str, batches: list[list[writer.Row]]) -> float:
+    """Plain binary COPY of the same rows into an empty table shaped like "Product"."""
+    spec = writer.SPECS["products"]
+    cols = spec.all_columns
+    with psycopg.connect(url) as c:
+        c.execute('CREATE TABLE "ProductCopy" (LIKE "Product" INCLUDING ALL)')
+        c.commit()
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        for batch in batches:
+            with c.cursor() as cur:
+                col_list = ", ".join(f'"{x}"' for x in cols)
+                with cur.copy(
+                    f'COPY "ProductCopy" ({col_list}) FROM STDIN (FORMAT BINARY)'.encode()
+                ) as cp:
+                    cp.set_types(spec.all_types)
+                    for r in batch:
+                        d = r.record.__dict__
+                        cp.write_row(
+                            ("t", "c", r.record.externalId, *(d[n] for n in spec.names),
+                             Jsonb(r.raw), r.hash, r.record.sourceUpdatedAt, now, None)
+                        )  # fmt: skip
+            c.commit()
+        return time.perf_counter() - started
+
+
+async def upsert_all(url: str, batches: list[list[writer.Row]]) -> tuple[float, writer.WriteCounts]:
+    rt = open_runtime(Settings(_env_file=None, database_url=url), name="bench")
+    total = writer.WriteCounts()
+    try:
+        async with rt.unit_of_work() as s:
+            if await s.get(Tenant, "t") is None:
+                s.add(Tenant(id="t", name="Bench"))
+                await s.flush()
+                s.add(ErpConnection(id="c", tenantId="t", provider="bling"))
+        started = time.perf_counter()
+        for batch in batches:
+            async with rt.unit_of_work() as session:
+                counts = await writer.upsert(session, "products", "t", "c", batch)
+            total.inserted += counts.inserted
+            total.updated += counts.updated
+            total.unchanged += counts.unchanged
+        return time.perf_counter() - started, total
+    finally:
+        await rt.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=50_000)
+    args = ap.parse_args()
+    url = reset_db()
+    print(f"generating {args.rows} rows ...", flush=True)
+    batches = [
+        make_rows(i, min(args.batch, args.rows - i)) for i in range(0, args.rows, args.batch)
+    ]
+    gc.collect()
+    gc.freeze()
+    t_copy = copy_baseline(url, batches)
+    print(f"COPY baseline: {args.rows / t_copy:,.0f} rows/s", flush=True)
+    t_first, c1 = asyncio.run(upsert_all(url, batches))
+    print(f"first load: {args.rows / t_first:,.0f} rows/s ({c1.inserted} inserted)", flush=True)
+    t_again, c2 = asyncio.run(upsert_all(url, batches))
+    print(
+        f"unchanged re-sync: {args.rows / t_again:,.0f} rows/s ({c2.unchanged} unchanged)",
+        flush=True,
+    )
+    assert c1.inserted == args.rows and c2.unchanged == args.rows
+    r1 = t_copy / t_first
+    r2 = t_first / t_again
+    line = (
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | writer "
+        f"| {args.rows:,} products, batch {args.batch:,} "
+        f"| COPY {args.rows / t_copy:,.0f}/s; first load {args.rows / t_first:,.0f}/s; "
+        f"unchanged {args.rows / t_again:,.0f}/s "
+        f"| first load ÷ COPY = **{r1:.2f}** (target ≥ 0.7); "
+        f"unchanged ÷ first load = **{r2:.2f}** (target ≥ 3) "
+        f"| {platform.node()}, {os.cpu_count()} cores |"
+    )
+    print(line)
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Benchmark results\n\nAppended by the scripts in bench/ (newest last). Ratios are "
+            "against a baseline measured in the same run.\n\n"
+            "| when (UTC) | bench | data | throughput | ratios | machine |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+    with RESULTS.open("a") as f:
+        f.write(line + "\n")
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'.encode())
+
+
+if __name__ == "__main__":
+    main()

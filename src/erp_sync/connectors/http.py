@@ -1,0 +1,207 @@
+"""The one HTTP layer every connector uses: rate governed, outcome mapped once.
+
+| outcome                                   | becomes                                  |
+|-------------------------------------------|------------------------------------------|
+| 401, 403                                  | ConfigError (stop, flag the connection)  |
+| 408, 425, 429, 5xx, timeouts, resets      | RetryableError, Retry-After honoured     |
+| other 4xx                                 | ContractError (the ERP refused our call) |
+| body over the size limit, invalid JSON    | ContractError                            |
+
+Retryable outcomes are retried here a few times (tenacity, honouring Retry-After; a 429
+also holds every worker on the account through the governor) before the error goes up
+to the job, whose own retries take over. Nothing past this module sees httpx errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from erp_sync.connectors.governor import Governor
+from erp_sync.errors import (
+    ConfigError,
+    ContractError,
+    RateLimited,
+    RetryableError,
+    Timeout,
+    UpstreamUnavailable,
+)
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
+# A slow-loris answer trickling bytes never trips the read timeout: bound the whole call.
+REQUEST_DEADLINE_S = 180.0
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class ErpResponse:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            raise ContractError(
+                f"the ERP answered HTTP {self.status} with a body that is not valid JSON"
+            ) from None
+
+
+ErrorDescriber = Callable[[ErpResponse], str]
+
+
+def _default_describe(resp: ErpResponse) -> str:
+    text = resp.body[:300].decode("utf-8", "replace").strip()
+    return " ".join(text.split()) or "(empty body)"
+
+
+class ErpHttp:
+    def __init__(
+        self,
+        base_url: str,
+        governor: Governor,
+        *,
+        provider: str,
+        describe_error: ErrorDescriber = _default_describe,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        attempts: int = 4,
+        max_retry_wait_s: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.provider = provider
+        self.governor = governor
+        self.describe_error = describe_error
+        self.max_body_bytes = max_body_bytes
+        self.attempts = attempts
+        self.max_retry_wait_s = max_retry_wait_s
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            headers={"User-Agent": "merxios-erp-sync", **(headers or {})},
+            transport=transport,
+            follow_redirects=False,
+        )
+        self.on_response: Callable[[int], None] | None = None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(min(self.max_retry_wait_s, retry_after))
+        return float(min(self.max_retry_wait_s, 0.5 * 2 ** (state.attempt_number - 1)))
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        governed: bool = True,
+        ok: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> ErpResponse:
+        """Send with retries; return 2xx (and ``ok``) answers, raise mapped errors."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(RetryableError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.send_once(method, url, governed=governed, ok=ok, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        governed: bool = True,
+        ok: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> ErpResponse:
+        if governed:
+            await self.governor.acquire()
+        try:
+            async with asyncio.timeout(REQUEST_DEADLINE_S):
+                resp = await self._send(method, url, **kwargs)
+        except TimeoutError:
+            raise Timeout(
+                f"{self.provider} did not finish answering {method} {url} within "
+                f"{REQUEST_DEADLINE_S:g} s"
+            ) from None
+        except httpx.TimeoutException:
+            raise Timeout(f"{self.provider} timed out on {method} {url}") from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"cannot reach {self.provider} ({type(exc).__name__}: {exc or 'connection failed'})"
+            ) from None
+        if self.on_response is not None:
+            self.on_response(resp.status)
+        if 200 <= resp.status < 300 or resp.status in ok:
+            return resp
+        await self._raise_for(resp, method, url)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> ErpResponse:
+        async with self.client.stream(method, url, **kwargs) as r:
+            declared = r.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise ContractError(
+                    f"{self.provider} answered {method} {url} with {int(declared)} bytes, "
+                    f"over our {self.max_body_bytes} byte limit"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in r.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise ContractError(
+                        f"{self.provider} answered {method} {url} with more than "
+                        f"{self.max_body_bytes} bytes; refusing it"
+                    )
+                chunks.append(chunk)
+            return ErpResponse(r.status_code, r.headers, b"".join(chunks))
+
+    async def _raise_for(self, resp: ErpResponse, method: str, url: str) -> None:
+        detail = self.describe_error(resp)
+        where = f"{self.provider} answered {method} {url} with HTTP {resp.status}"
+        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+        if resp.status in (401, 403):
+            raise ConfigError(f"{where}: {detail}; check the connection's credentials")
+        if resp.status == 429:
+            await self.governor.penalize(retry_after if retry_after is not None else 1.0)
+            raise RateLimited(f"{where}: {detail}", retry_after=retry_after or 1.0)
+        if resp.status in RETRYABLE_STATUS or resp.status >= 500:
+            raise UpstreamUnavailable(f"{where}: {detail}", retry_after=retry_after)
+        raise ContractError(f"{where}: {detail}")

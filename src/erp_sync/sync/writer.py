@@ -1,0 +1,332 @@
+"""Batch upsert of canonical rows (measured in bench/: see ARCHITECTURE.md).
+
+1. Rows whose content hash equals the stored one are dropped before any write (an
+   unchanged re-sync touches no page: no WAL, no bloat).
+2. The rest go by binary COPY into a temp staging table, then
+   INSERT ... SELECT ... ON CONFLICT DO UPDATE, guarded so that an unchanged hash or an
+   older sourceUpdatedAt never overwrites a row.
+3. Changed orders get their lines replaced.
+
+Everything runs on the caller's session/transaction, so a page and its cursor commit
+together. Keys always come from the job (tenant, connection), never from ERP data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb, set_json_dumps
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from erp_sync.canonical import Canonical, SalesOrder, SalesOrderLine
+
+KEY_COLUMNS = ["tenantId", "connectionId", "externalId"]
+META_COLUMNS = ["raw", "contentHash", "sourceUpdatedAt", "syncedAt", "deletedAt"]
+META_TYPES = ["jsonb", "bytea", "timestamptz", "timestamptz", "timestamptz"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    table: str
+    columns: tuple[tuple[str, str], ...]  # (canonical field = column, postgres type)
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c, _ in self.columns]
+
+    @property
+    def all_columns(self) -> list[str]:
+        return [*KEY_COLUMNS, *self.names, *META_COLUMNS]
+
+    @property
+    def all_types(self) -> list[str]:
+        return ["text", "text", "text", *(t for _, t in self.columns), *META_TYPES]
+
+
+SPECS: dict[str, TableSpec] = {
+    "products": TableSpec(
+        "Product",
+        (
+            ("sku", "text"), ("name", "text"), ("gtin", "text"), ("ncm", "text"),
+            ("unit", "text"), ("brand", "text"), ("listPrice", "numeric"),
+            ("costPrice", "numeric"), ("active", "bool"),
+        ),
+    ),
+    "stock_levels": TableSpec(
+        "StockLevel",
+        (
+            ("productExternalId", "text"), ("warehouseId", "text"), ("warehouseName", "text"),
+            ("quantity", "numeric"), ("reserved", "numeric"), ("available", "numeric"),
+        ),
+    ),
+    "customers": TableSpec(
+        "Customer",
+        (
+            ("name", "text"), ("document", "text"), ("personType", "text"), ("email", "text"),
+            ("phone", "text"), ("street", "text"), ("number", "text"), ("complement", "text"),
+            ("district", "text"), ("city", "text"), ("state", "text"), ("zipCode", "text"),
+            ("country", "text"), ("active", "bool"),
+        ),
+    ),
+    "sales_orders": TableSpec(
+        "SalesOrder",
+        (
+            ("number", "text"), ("customerExternalId", "text"), ("customerName", "text"),
+            ("status", "text"), ("orderDate", "date"), ("currency", "text"),
+            ("totalProducts", "numeric"), ("discount", "numeric"), ("shipping", "numeric"),
+            ("total", "numeric"),
+        ),
+    ),
+}  # fmt: skip
+
+LINE_COLUMNS = [
+    ("tenantId", "text"), ("connectionId", "text"), ("orderExternalId", "text"),
+    ("lineNumber", "int4"), ("productExternalId", "text"), ("sku", "text"),
+    ("description", "text"), ("quantity", "numeric"), ("unitPrice", "numeric"),
+    ("discount", "numeric"), ("total", "numeric"),
+]  # fmt: skip
+
+
+def content_hash(raw: dict[str, Any], version: str = "") -> bytes:
+    """16-byte blake2b of the raw payload (sorted keys) and the mapping version."""
+    payload = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(version.encode() + payload, digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Row:
+    record: Canonical
+    raw: dict[str, Any]
+    hash: bytes
+
+
+@dataclass
+class WriteCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    written_ids: list[str] = field(default_factory=list)
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+async def driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under the session's transaction (for COPY)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    if not getattr(driver, "_erp_sync_ready", False):
+        set_json_dumps(_dumps, context=driver)
+        driver._erp_sync_ready = True  # type: ignore[attr-defined]
+    return driver
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _stage(driver: psycopg.AsyncConnection[Any], table: str) -> str:
+    stage = _q(f"_stage_{table}")
+    await driver.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {_q(table)}) ON COMMIT DELETE ROWS".encode()
+    )
+    return stage
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, float):  # never store floats: money and quantities are exact
+        return Decimal(str(value))
+    return value
+
+
+async def upsert(
+    session: AsyncSession,
+    stream: str,
+    tenant_id: str,
+    connection_id: str,
+    rows: list[Row],
+    *,
+    prefilter: bool = True,
+) -> WriteCounts:
+    spec = SPECS[stream]
+    counts = WriteCounts()
+    if not rows:
+        return counts
+    # A hostile page may repeat an id: the last occurrence wins, once.
+    by_id: dict[str, Row] = {}
+    for row in rows:
+        by_id[row.record.externalId] = row
+    counts.unchanged += len(rows) - len(by_id)
+    driver = await driver_connection(session)
+    table = _q(spec.table)
+
+    existing: set[str] = set()
+    if prefilter:
+        cur = await driver.execute(
+            f'SELECT "externalId", "contentHash", "deletedAt" IS NOT NULL FROM {table} '
+            'WHERE "tenantId" = %s AND "connectionId" = %s AND "externalId" = ANY(%s)'.encode(),
+            (tenant_id, connection_id, list(by_id)),
+        )
+        for external_id, stored, deleted in await cur.fetchall():
+            existing.add(external_id)
+            match = by_id.get(external_id)
+            if match is not None and not deleted and bytes(stored) == match.hash:
+                del by_id[external_id]
+                counts.unchanged += 1
+    if not by_id:
+        return counts
+
+    now = datetime.now(UTC)
+    fresh = {k: v for k, v in by_id.items() if k not in existing} if prefilter else {}
+    changed = {k: v for k, v in by_id.items() if k not in fresh}
+    if fresh:
+        # New rows go straight into the table by COPY (as fast as PostgreSQL loads);
+        # should another writer have inserted one meanwhile, fall back to the upsert.
+        try:
+            async with driver.transaction():
+                await _copy_rows(driver, table, spec, tenant_id, connection_id, fresh, now)
+            counts.inserted += len(fresh)
+            counts.written_ids.extend(fresh)
+        except psycopg.errors.UniqueViolation:
+            changed.update(fresh)
+    if changed:
+        stage = await _stage(driver, spec.table)
+        await _copy_rows(driver, stage, spec, tenant_id, connection_id, changed, now)
+        column_list = ", ".join(_q(c) for c in spec.all_columns)
+        updates = ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in [*spec.names, *META_COLUMNS])
+        result = await driver.execute(
+            (
+                f"INSERT INTO {table} AS t ({column_list}) SELECT {column_list} FROM {stage} "
+                f'ON CONFLICT ("tenantId", "connectionId", "externalId") DO UPDATE SET {updates} '
+                'WHERE (t."contentHash" IS DISTINCT FROM EXCLUDED."contentHash" '
+                'OR t."deletedAt" IS NOT NULL) '
+                'AND (t."sourceUpdatedAt" IS NULL OR EXCLUDED."sourceUpdatedAt" IS NULL '
+                'OR EXCLUDED."sourceUpdatedAt" >= t."sourceUpdatedAt") '
+                'RETURNING "externalId", (xmax = 0) AS inserted'
+            ).encode()
+        )
+        returned = await result.fetchall()
+        for external_id, inserted in returned:
+            counts.written_ids.append(external_id)
+            if inserted:
+                counts.inserted += 1
+            else:
+                counts.updated += 1
+        # Rows the guard kept (an older timestamp, or the same hash) count as unchanged.
+        counts.unchanged += len(changed) - len(returned)
+    if stream == "sales_orders" and counts.written_ids:
+        written = set(counts.written_ids)
+        orders = [by_id[i].record for i in counts.written_ids if i in written and i in by_id]
+        await _replace_lines(driver, tenant_id, connection_id, orders)
+    return counts
+
+
+async def _copy_rows(
+    driver: psycopg.AsyncConnection[Any],
+    target: str,
+    spec: TableSpec,
+    tenant_id: str,
+    connection_id: str,
+    rows: dict[str, Row],
+    now: datetime,
+) -> None:
+    names = spec.names
+    column_list = ", ".join(_q(c) for c in spec.all_columns)
+    async with driver.cursor() as cur, cur.copy(
+        f"COPY {target} ({column_list}) FROM STDIN (FORMAT BINARY)".encode()
+    ) as copy:
+        copy.set_types(spec.all_types)
+        for external_id, row in rows.items():
+            data = row.record.__dict__
+            await copy.write_row(
+                (
+                    tenant_id,
+                    connection_id,
+                    external_id,
+                    *(_value(data[n]) for n in names),
+                    Jsonb(row.raw),
+                    row.hash,
+                    row.record.sourceUpdatedAt,
+                    now,
+                    None,
+                )
+            )
+
+
+async def _replace_lines(
+    driver: psycopg.AsyncConnection[Any],
+    tenant_id: str,
+    connection_id: str,
+    orders: list[Canonical],
+) -> None:
+    await driver.execute(
+        b'DELETE FROM "SalesOrderLine" WHERE "tenantId" = %s AND "connectionId" = %s '
+        b'AND "orderExternalId" = ANY(%s)',
+        (tenant_id, connection_id, [o.externalId for o in orders]),
+    )
+    names = [c for c, _ in LINE_COLUMNS]
+    async with driver.cursor() as cur:
+        column_list = ", ".join(_q(c) for c in names)
+        async with cur.copy(
+            f'COPY "SalesOrderLine" ({column_list}) FROM STDIN (FORMAT BINARY)'.encode()
+        ) as copy:
+            copy.set_types([t for _, t in LINE_COLUMNS])
+            for order in orders:
+                assert isinstance(order, SalesOrder)
+                seen: set[int] = set()
+                for line in order.lines:
+                    if line.lineNumber in seen:
+                        continue
+                    seen.add(line.lineNumber)
+                    await copy.write_row(
+                        _line_row(tenant_id, connection_id, order.externalId, line)
+                    )
+
+
+def _line_row(
+    tenant_id: str, connection_id: str, order_id: str, line: SalesOrderLine
+) -> tuple[Any, ...]:
+    return (
+        tenant_id, connection_id, order_id, line.lineNumber, line.productExternalId, line.sku,
+        line.description, line.quantity, line.unitPrice, line.discount, line.total,
+    )  # fmt: skip
+
+
+async def mark_seen(session: AsyncSession, full_run_id: str, external_ids: list[str]) -> None:
+    if not external_ids:
+        return
+    driver = await driver_connection(session)
+    await driver.execute(
+        b'INSERT INTO "SyncSeen" ("fullRunId", "externalId") SELECT %s, unnest(%s::text[]) '
+        b"ON CONFLICT DO NOTHING",
+        (full_run_id, external_ids),
+    )
+
+
+async def sweep_deleted(
+    session: AsyncSession, stream: str, tenant_id: str, connection_id: str, full_run_id: str
+) -> int:
+    """After a complete full read: rows the ERP no longer lists get deletedAt."""
+    driver = await driver_connection(session)
+    table = _q(SPECS[stream].table)
+    cur = await driver.execute(
+        (
+            f'UPDATE {table} t SET "deletedAt" = now() '
+            'WHERE t."tenantId" = %s AND t."connectionId" = %s AND t."deletedAt" IS NULL '
+            'AND NOT EXISTS (SELECT 1 FROM "SyncSeen" s '
+            'WHERE s."fullRunId" = %s AND s."externalId" = t."externalId")'
+        ).encode(),
+        (tenant_id, connection_id, full_run_id),
+    )
+    deleted = cur.rowcount
+    await driver.execute(b'DELETE FROM "SyncSeen" WHERE "fullRunId" = %s', (full_run_id,))
+    return max(0, deleted)
