@@ -172,7 +172,7 @@ async def upsert(
     existing: set[str] = set()
     if prefilter:
         cur = await driver.execute(
-            f'SELECT "externalId", "contentHash", "deletedAt" IS NOT NULL FROM {table} '
+            f'SELECT "externalId", "contentHash", "deletedAt" IS NOT NULL FROM {table} '  # noqa: S608 - table names come from SPECS
             'WHERE "tenantId" = %s AND "connectionId" = %s AND "externalId" = ANY(%s)'.encode(),
             (tenant_id, connection_id, list(by_id)),
         )
@@ -205,7 +205,7 @@ async def upsert(
         updates = ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in [*spec.names, *META_COLUMNS])
         result = await driver.execute(
             (
-                f"INSERT INTO {table} AS t ({column_list}) SELECT {column_list} FROM {stage} "
+                f"INSERT INTO {table} AS t ({column_list}) SELECT {column_list} FROM {stage} "  # noqa: S608
                 f'ON CONFLICT ("tenantId", "connectionId", "externalId") DO UPDATE SET {updates} '
                 'WHERE (t."contentHash" IS DISTINCT FROM EXCLUDED."contentHash" '
                 'OR t."deletedAt" IS NOT NULL) '
@@ -241,9 +241,10 @@ async def _copy_rows(
 ) -> None:
     names = spec.names
     column_list = ", ".join(_q(c) for c in spec.all_columns)
-    async with driver.cursor() as cur, cur.copy(
-        f"COPY {target} ({column_list}) FROM STDIN (FORMAT BINARY)".encode()
-    ) as copy:
+    async with (
+        driver.cursor() as cur,
+        cur.copy(f"COPY {target} ({column_list}) FROM STDIN (FORMAT BINARY)".encode()) as copy,
+    ):
         copy.set_types(spec.all_types)
         for external_id, row in rows.items():
             data = row.record.__dict__
@@ -320,7 +321,7 @@ async def sweep_deleted(
     table = _q(SPECS[stream].table)
     cur = await driver.execute(
         (
-            f'UPDATE {table} t SET "deletedAt" = now() '
+            f'UPDATE {table} t SET "deletedAt" = now() '  # noqa: S608
             'WHERE t."tenantId" = %s AND t."connectionId" = %s AND t."deletedAt" IS NULL '
             'AND NOT EXISTS (SELECT 1 FROM "SyncSeen" s '
             'WHERE s."fullRunId" = %s AND s."externalId" = t."externalId")'
