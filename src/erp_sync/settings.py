@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     stalled_interval_ms: int = Field(default=15_000, ge=500)
     max_stalled_count: int = Field(default=3, ge=0)
     heartbeat_ttl_seconds: int = Field(default=30, ge=2)
+    # Fairness: a sync job works this long, then saves its cursor and re-enqueues the
+    # rest behind the other tenants' jobs.
+    sync_job_budget_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("log_level", "app_env", mode="before")
     @classmethod

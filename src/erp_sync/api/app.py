@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from erp_sync import __version__
+from erp_sync.admin import routes as admin_routes
 from erp_sync.api import health
 from erp_sync.errors import ConfigError, DomainError, ErpSyncError, Invalid
 from erp_sync.jobs import routes as job_routes
@@ -92,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tenant_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(admin_routes.router)
     return app

@@ -263,7 +263,7 @@ def worker() -> None:
     """Process the sync and maintenance queues until SIGTERM (then finish running jobs)."""
     from erp_sync.jobs.worker import run_worker
 
-    s = common.settings()
+    s = common.settings(service=True)
     common.run(run_worker(s))
 
 
@@ -272,7 +272,7 @@ def scheduler() -> None:
     from erp_sync.jobs.scheduler import SchedulerService
     from erp_sync.jobs.worker import serve_until_signalled
 
-    s = common.settings()
+    s = common.settings(service=True)
     service = SchedulerService(s)
     common.run(serve_until_signalled(service.start, service.stop))
 
@@ -281,7 +281,7 @@ def start(
     port: Annotated[int | None, typer.Option(help="API port (default PORT or 3000)")] = None,
 ) -> None:
     """API, worker and scheduler in one process, for one-machine installs."""
-    s = common.settings()
+    s = common.settings(service=True)
     common.run(run_all(s, port or s.port))
 
 

@@ -49,7 +49,7 @@ def api(
     """Serve the HTTP API (health, tenants, job runs, admin) under uvicorn."""
     import uvicorn
 
-    s = common.settings()
+    s = common.settings(service=True)
     uvicorn.run(
         "erp_sync.api.app:create_app",
         factory=True,

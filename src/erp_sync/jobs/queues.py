@@ -163,6 +163,21 @@ class JobQueues:
         )
         return Enqueued(job_id=str(job.id), created=str(job.id) == proposed)
 
+    async def enqueue_continuation(self, data: SyncJobData, previous_job_id: str) -> str:
+        """Queue the rest of a sync whose job used up its time budget. Not deduplicated
+        (the running job still holds the tenant's key); the key is then pointed at the
+        continuation, so triggers arriving meanwhile join it."""
+        job_id = f"sync-{data.tenantId}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}"
+        job = await self.call(
+            self.sync.add(
+                SYNC_JOB, data.model_dump(exclude_none=True), {**job_options(self.settings), "jobId": job_id}
+            ),
+            f"queueing the continuation of job {previous_job_id}",
+        )
+        key = f"{self.settings.queue_prefix}:{SYNC_QUEUE}:de:{dedup_id(data.tenantId)}"
+        await self.call(self.sync.redisConnection.conn.set(key, str(job.id)), "handing over the tenant")
+        return str(job.id)
+
     async def enqueue_prune(self, days: int | None = None) -> str:
         data: dict[str, Any] = {"trigger": "manual"}
         if days is not None:

@@ -37,7 +37,7 @@ from erp_sync.jobs.names import (
     dedup_id,
 )
 from erp_sync.jobs.prune import prune_job_runs
-from erp_sync.jobs.queues import SyncJobData
+from erp_sync.jobs.queues import JobQueues, SyncJobData
 from erp_sync.kit.logging import bound_contextvars, get_logger, redact_text
 from erp_sync.kit.outages import describe_outage
 from erp_sync.models import Tenant
@@ -56,6 +56,7 @@ class JobContext:
     run_id: int
     attempt: int
     data: dict[str, Any]
+    producer: JobQueues
 
     async def progress(self, value: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # progress is informative; never fail a job on it
@@ -67,9 +68,16 @@ Handler = Callable[[JobContext], Awaitable[dict[str, Any] | None]]
 
 async def handle_sync(ctx: JobContext) -> dict[str, Any] | None:
     data = SyncJobData.model_validate(ctx.data)
-    return await sync_tenant(
+    result = await sync_tenant(
         ctx.rt, data.tenantId, streams=data.streams, mode=data.mode, progress=ctx.progress
     )
+    left = result.get("continues")
+    if left:
+        # Time budget used up: the rest goes to the back of the queue, behind the other
+        # tenants, and later triggers for this tenant join it.
+        follow = data.model_copy(update={"streams": left})
+        result["continuation"] = await ctx.producer.enqueue_continuation(follow, str(ctx.job.id))
+    return result
 
 
 async def handle_prune(ctx: JobContext) -> dict[str, Any] | None:
@@ -127,6 +135,7 @@ class WorkerService:
 
     def __post_init__(self) -> None:
         self.rt = open_runtime(self.settings, name="erp-sync-worker")
+        self.producer = JobQueues(self.settings)
         self.workers: dict[str, Worker] = {}
         self.running: dict[str, str] = {}  # BullMQ job id -> queue
         self.started_at = time.time()
@@ -165,7 +174,7 @@ class WorkerService:
         with bound_contextvars(job_id=job_id, tenant_id=tenant_id, queue=queue, attempt=attempt):
             try:
                 run_id = await self._open_run(queue, job, job_id, tenant_id, attempt, str(trigger))
-                ctx = JobContext(self.rt, job, queue, run_id, attempt, data)
+                ctx = JobContext(self.rt, job, queue, run_id, attempt, data, self.producer)
                 return await self._run(handler, ctx, tenant_id)
             finally:
                 self.running.pop(job_id, None)
@@ -343,6 +352,7 @@ class WorkerService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.close()
         with contextlib.suppress(Exception):
             await heartbeat.forget(self.rt.redis, self.settings.queue_prefix, self.worker_id)
         await self.rt.close()
