@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     # Fairness: a sync job works this long, then saves its cursor and re-enqueues the
     # rest behind the other tenants' jobs.
     sync_job_budget_seconds: float = Field(default=300.0, gt=0)
+    # A tenant whose last N sync attempts all failed is paused until resumed (0 = never).
+    auto_pause_after_failures: int = Field(default=10, ge=0)
+    # A tenant is stale when its last complete sync is older than this many schedule
+    # intervals.
+    stale_factor: float = Field(default=3.0, gt=0)
 
     @field_validator("log_level", "app_env", mode="before")
     @classmethod

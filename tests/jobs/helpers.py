@@ -38,13 +38,30 @@ async def wait_until(
 
 
 async def add_tenant(
-    rt: Runtime, tenant_id: str, *, connected: bool = True, schedule: str = "*/15 * * * *"
+    rt: Runtime,
+    tenant_id: str,
+    *,
+    connected: bool = True,
+    schedule: str = "*/15 * * * *",
+    sandbox: Any = None,
 ) -> None:
+    """A tenant; ``connected`` gives it a working Bling connection (to a sandbox: the
+    shared small one unless ``sandbox`` is given)."""
+    from tests.bling_support import connection_values, shared_sandbox
+
     async with rt.unit_of_work() as session:
         session.add(Tenant(id=tenant_id, name=f"Tenant {tenant_id}", schedule=schedule))
         await session.flush()
         if connected:
-            session.add(ErpConnection(tenantId=tenant_id, provider="bling", settings={}))
+            settings, credentials = connection_values(sandbox or shared_sandbox())
+            session.add(
+                ErpConnection(
+                    tenantId=tenant_id,
+                    provider="bling",
+                    settings=settings,
+                    credentials=rt.box.encrypt_json(credentials),
+                )
+            )
 
 
 def slow_handler(seconds: float) -> Handler:

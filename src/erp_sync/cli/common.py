@@ -25,13 +25,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings() -> Settings:
+def settings(*, service: bool = False) -> Settings:
+    """Settings and logging. Long-running services log at LOG_LEVEL; one-shot commands
+    keep their output to what they print unless LOG_LEVEL asks for more than INFO."""
     s = get_settings()
-    configure_logging(
-        s.log_level if s.log_level != "INFO" else "WARNING",
-        json=s.production,
-        secrets=s.secret_values(),
-    )
+    level = s.log_level if service or s.log_level != "INFO" else "WARNING"
+    configure_logging(level, json=s.production, secrets=s.secret_values())
     return s
 
 

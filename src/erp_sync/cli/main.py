@@ -10,6 +10,7 @@ import typer
 
 from erp_sync.cli import common
 from erp_sync.cli import jobs as jobs_cli
+from erp_sync.cli import status as status_cli
 from erp_sync.cli.sandbox import sandbox_app
 from erp_sync.cli.tenants import tenants_app
 from erp_sync.errors import ConfigError, ErpSyncError
@@ -27,6 +28,8 @@ app = typer.Typer(
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(jobs_cli.queues_app, name="queues")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(status_cli.quarantine_app, name="quarantine")
+app.command()(status_cli.status)
 for _command in (
     jobs_cli.worker,
     jobs_cli.scheduler,

@@ -208,3 +208,18 @@ def set_connection(
 
     common.with_runtime(go)
     common.console.print(f"tenant {tenant_id} now syncs from {provider}", markup=False)
+
+
+@tenants_app.command("resume")
+def resume(tenant_id: Annotated[str, typer.Argument(help="Tenant id")]) -> None:
+    """Clear an auto-pause (after too many failed syncs); its schedule comes back."""
+    from erp_sync.status.service import resume as resume_tenant
+
+    async def go(rt: Runtime) -> None:
+        async with rt.unit_of_work() as session:
+            await resume_tenant(session, tenant_id)
+
+    common.with_runtime(go)
+    common.console.print(
+        f"tenant {tenant_id} resumed; its schedule returns within a minute", markup=False
+    )

@@ -170,12 +170,16 @@ class JobQueues:
         job_id = f"sync-{data.tenantId}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}"
         job = await self.call(
             self.sync.add(
-                SYNC_JOB, data.model_dump(exclude_none=True), {**job_options(self.settings), "jobId": job_id}
+                SYNC_JOB,
+                data.model_dump(exclude_none=True),
+                {**job_options(self.settings), "jobId": job_id},
             ),
             f"queueing the continuation of job {previous_job_id}",
         )
         key = f"{self.settings.queue_prefix}:{SYNC_QUEUE}:de:{dedup_id(data.tenantId)}"
-        await self.call(self.sync.redisConnection.conn.set(key, str(job.id)), "handing over the tenant")
+        await self.call(
+            self.sync.redisConnection.conn.set(key, str(job.id)), "handing over the tenant"
+        )
         return str(job.id)
 
     async def enqueue_prune(self, days: int | None = None) -> str:

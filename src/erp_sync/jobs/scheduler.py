@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -48,14 +49,14 @@ class ReconcileResult:
 
 
 async def schedulable_tenants(rt: Runtime) -> dict[str, str]:
-    """Active tenants with an ACTIVE connection: tenant id -> cron. A tenant without a
-    connection or one that needs re-authorisation has nothing to sync; scheduling it would
-    only fail every few minutes."""
+    """Active, unpaused tenants with an ACTIVE connection: tenant id -> cron. A tenant
+    without a connection or one that needs re-authorisation has nothing to sync;
+    scheduling it would only fail every few minutes."""
     async with rt.unit_of_work() as session:
         rows = (
             await session.execute(
                 select(Tenant)
-                .where(Tenant.active.is_(True))
+                .where(Tenant.active.is_(True), Tenant.pausedAt.is_(None))
                 .options(selectinload(Tenant.connection))
             )
         ).scalars()
@@ -165,3 +166,13 @@ class SchedulerService:
         await self.queues.close()
         await self.rt.close()
         log.info("scheduler.stopped")
+
+
+async def next_runs(queues: JobQueues) -> dict[str, datetime]:
+    """When each tenant's next scheduled sync fires (from the job schedulers in Redis)."""
+    out: dict[str, datetime] = {}
+    for sid, item in (await current_schedulers(queues)).items():
+        nxt = item.get("next")
+        if nxt:
+            out[sid.removeprefix(SYNC_PREFIX)] = datetime.fromtimestamp(int(nxt) / 1000, UTC)
+    return out

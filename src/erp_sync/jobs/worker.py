@@ -43,6 +43,7 @@ from erp_sync.kit.outages import describe_outage
 from erp_sync.models import Tenant
 from erp_sync.runtime import Runtime, open_runtime
 from erp_sync.settings import Settings
+from erp_sync.status.service import pause_if_failing
 from erp_sync.sync.engine import sync_tenant
 
 log = get_logger(__name__)
@@ -230,11 +231,15 @@ class WorkerService:
                 else (f"invalid job data: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
             )
             await self._close_run(ctx.run_id, "FAILED", text, None)
+            await self._after_failure(ctx, tenant_id, text)
             log.warning("job.failed", error=text, permanent=True)
             raise UnrecoverableError(text) from exc
         except Exception as exc:
             text = error_text(exc)
             await self._close_run(ctx.run_id, "FAILED", text, None)
+            if await self._after_failure(ctx, tenant_id, text):
+                log.warning("job.failed", error=text, retry=False, paused=True)
+                raise UnrecoverableError(f"{text} (tenant paused: too many failures)") from exc
             attempts = int(ctx.job.opts.get("attempts") or 1)
             final = ctx.attempt >= attempts
             log.warning(
@@ -251,6 +256,23 @@ class WorkerService:
                 # Jobs without BullMQ dedup (other producers) do not release the key themselves.
                 with contextlib.suppress(Exception):
                     await self._release(keys=[self._dedup_key(tenant_id)], args=[str(ctx.job.id)])
+
+    async def _after_failure(self, ctx: JobContext, tenant_id: str | None, error: str) -> bool:
+        """Auto-pause a tenant whose syncs keep failing: no retry storm against a broken
+        ERP account (the scheduler drops its schedule until someone resumes it)."""
+        if ctx.queue != SYNC_QUEUE or not tenant_id:
+            return False
+        try:
+            async with self.rt.unit_of_work() as session:
+                paused = await pause_if_failing(
+                    session, tenant_id, self.settings.auto_pause_after_failures, error
+                )
+        except Exception as exc:
+            log.warning("tenant.auto_pause_failed", error=error_text(exc))
+            return False
+        if paused:
+            log.warning("tenant.auto_paused", failures=self.settings.auto_pause_after_failures)
+        return paused
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -20,6 +20,9 @@ class Tenant(Base):
     document: Mapped[str | None] = mapped_column(String(14))
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     schedule: Mapped[str] = mapped_column(String(120), server_default="*/15 * * * *")
+    # Auto-pause: set after too many failed syncs in a row; the schedule stops until resumed.
+    pausedAt: Mapped[datetime | None] = mapped_column("pausedAt")
+    pausedReason: Mapped[str | None] = mapped_column("pausedReason", Text)
     createdAt: Mapped[datetime] = created_at()
     updatedAt: Mapped[datetime] = updated_at()
 

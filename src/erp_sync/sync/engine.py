@@ -366,3 +366,40 @@ async def sync_tenant(
     sync = TenantSync(rt, tenant_id, progress=progress, budget=budget)
     result = await sync.run(streams, full=mode == "full")
     return result.as_dict()
+
+
+async def _no_progress(_: dict[str, Any]) -> None:
+    return None
+
+
+async def retry_quarantined(
+    rt: Runtime, tenant_id: str, *, stream: str | None = None
+) -> dict[str, int]:
+    """Map quarantined records again with the current connector code (after a fix): the
+    ones that pass are written and leave the quarantine, the others keep their new reason."""
+    sync = TenantSync(rt, tenant_id, progress=_no_progress, budget=Budget(float("inf")))
+    released = still = 0
+    async with sync.connector() as connector, rt.unit_of_work() as session:
+        stmt = select(QuarantinedRecord).where(
+            QuarantinedRecord.tenantId == tenant_id,
+            QuarantinedRecord.connectionId == sync.connection_id,
+        )
+        if stream:
+            stmt = stmt.where(QuarantinedRecord.stream == stream)
+        items = (await session.execute(stmt)).scalars().all()
+        by_stream: dict[str, list[QuarantinedRecord]] = {}
+        for item in items:
+            by_stream.setdefault(item.stream, []).append(item)
+        for name, records in by_stream.items():
+            rows: list[writer.Row] = []
+            for item in records:
+                row, bad = map_record(connector, name, item.raw)
+                if row is not None:
+                    rows.append(row)
+                    await session.delete(item)
+                    released += 1
+                elif bad is not None:
+                    item.reason = bad[2][:2000]
+                    still += 1
+            await writer.upsert(session, name, tenant_id, sync.connection_id, rows)
+    return {"released": released, "stillQuarantined": still}
