@@ -18,6 +18,8 @@ __all__ = [
     "TRIGGERS",
     "Base",
     "Customer",
+    "ErpConnection",
+    "JobRun",
     "Product",
     "QuarantinedRecord",
     "SalesOrder",
@@ -25,7 +27,5 @@ __all__ = [
     "StockLevel",
     "SyncSeen",
     "SyncState",
-    "ErpConnection",
-    "JobRun",
     "Tenant",
 ]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     func,
@@ -35,18 +36,14 @@ class SyncedRow:
     """Columns every canonical table has."""
 
     @declared_attr
-    def tenantId(cls) -> Mapped[str]:  # noqa: N802, N805
-        return mapped_column(
-            "tenantId", ForeignKey("Tenant.id", ondelete="CASCADE"), primary_key=True
-        )
+    def tenantId(cls) -> Mapped[str]:
+        return mapped_column("tenantId", ForeignKey("Tenant.id", ondelete="CASCADE"))
 
     @declared_attr
-    def connectionId(cls) -> Mapped[str]:  # noqa: N802, N805
-        return mapped_column(
-            "connectionId", ForeignKey("ErpConnection.id", ondelete="CASCADE"), primary_key=True
-        )
+    def connectionId(cls) -> Mapped[str]:
+        return mapped_column("connectionId", ForeignKey("ErpConnection.id", ondelete="CASCADE"))
 
-    externalId: Mapped[str] = mapped_column("externalId", String(200), primary_key=True)
+    externalId: Mapped[str] = mapped_column("externalId", String(200))
     raw: Mapped[dict[str, Any]] = mapped_column()
     contentHash: Mapped[bytes] = mapped_column("contentHash", LargeBinary(16))
     sourceUpdatedAt: Mapped[datetime | None] = mapped_column("sourceUpdatedAt")
@@ -56,7 +53,10 @@ class SyncedRow:
 
 class Product(SyncedRow, Base):
     __tablename__ = "Product"
-    __table_args__ = (Index("Product_tenantId_sku_idx", "tenantId", "sku"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        Index("Product_tenantId_sku_idx", "tenantId", "sku"),
+    )
 
     sku: Mapped[str | None] = mapped_column(String(120))
     name: Mapped[str] = mapped_column(String(500))
@@ -72,6 +72,7 @@ class Product(SyncedRow, Base):
 class StockLevel(SyncedRow, Base):
     __tablename__ = "StockLevel"
     __table_args__ = (
+        PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
         Index("StockLevel_tenantId_productExternalId_idx", "tenantId", "productExternalId"),
     )
 
@@ -85,7 +86,10 @@ class StockLevel(SyncedRow, Base):
 
 class Customer(SyncedRow, Base):
     __tablename__ = "Customer"
-    __table_args__ = (Index("Customer_tenantId_document_idx", "tenantId", "document"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        Index("Customer_tenantId_document_idx", "tenantId", "document"),
+    )
 
     name: Mapped[str] = mapped_column(String(500))
     document: Mapped[str | None] = mapped_column(String(14))
@@ -105,7 +109,10 @@ class Customer(SyncedRow, Base):
 
 class SalesOrder(SyncedRow, Base):
     __tablename__ = "SalesOrder"
-    __table_args__ = (Index("SalesOrder_tenantId_orderDate_idx", "tenantId", "orderDate"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        Index("SalesOrder_tenantId_orderDate_idx", "tenantId", "orderDate"),
+    )
 
     number: Mapped[str | None] = mapped_column(String(120))
     customerExternalId: Mapped[str | None] = mapped_column("customerExternalId", String(120))
