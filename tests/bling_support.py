@@ -55,4 +55,7 @@ def sandbox_credentials(sb: RunningSandbox) -> dict[str, Any]:
 
 
 def connection_values(sb: RunningSandbox) -> tuple[dict[str, Any], dict[str, Any]]:
-    return {"base_url": sb.base_url}, sandbox_credentials(sb)
+    settings: dict[str, Any] = {"base_url": sb.base_url}
+    if not sb.config.rate_limit:
+        settings["rate_limit_per_second"] = 0  # the sandbox's limits are off: so are ours
+    return settings, sandbox_credentials(sb)

@@ -73,6 +73,22 @@ class Connector(abc.ABC):
         return str(settings.get("account") or credentials.get("client_id") or "default")
 
     @classmethod
+    def rate_limits(cls, settings: Mapping[str, Any]) -> RateLimits:
+        """The limits the governor enforces for a connection: the ERP's published ones,
+        unless the connection's settings say otherwise (``rate_limit_per_second``: a plan
+        with a higher quota, or a local sandbox with limits off, 0 = unlimited)."""
+        override = settings.get("rate_limit_per_second")
+        if override is None:
+            return cls.limits
+        rate = float(override)
+        return RateLimits(
+            per_second=rate or None,
+            per_minute=None if not rate else cls.limits.per_minute,
+            per_day=None if not rate else cls.limits.per_day,
+            concurrency=cls.limits.concurrency,
+        )
+
+    @classmethod
     def validate_config(
         cls, settings: Mapping[str, Any], credentials: Mapping[str, Any] | None
     ) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # Stay a little under the published rate: the ERP counts arrivals, we count departures,
 # and loopback or network jitter must not push two requests into one window.
-SAFETY = 0.97
+SAFETY = 0.96
 MAX_WAIT_MS = 120_000
 
 RESERVE = """
@@ -96,6 +96,12 @@ class Governor:
     ) -> None:
         self.redis = redis
         self.limits = limits
+        # Public so a connector can build sibling budgets on the same Redis and prefix
+        # (e.g. Omie's per-method and per-IP limits) without knowing how the engine
+        # configured this one.
+        self.prefix = prefix
+        self.provider = provider
+        self.account = account
         base = f"{prefix}:erp-sync:governor:{provider}:{account}"
         self._tat_key = f"{base}:tat"
         self._day_key = f"{base}:day"
@@ -113,9 +119,8 @@ class Governor:
 
     async def acquire(self) -> float:
         """Wait for this account's next request slot; returns the seconds waited."""
-        if not self.interval_ms and not self.limits.per_day:
-            self.stats.requests += 1
-            return 0.0
+        # Even with no published limits the schedule is read: a 429's penalty must hold
+        # every worker on the account (one Redis round trip, far below an HTTP call).
         wait_ms, extra = await self._reserve(
             keys=[self._tat_key, self._day_key],
             args=[

@@ -9,13 +9,19 @@
 
 Retryable outcomes are retried here a few times (tenacity, honouring Retry-After; a 429
 also holds every worker on the account through the governor) before the error goes up
-to the job, whose own retries take over. Nothing past this module sees httpx errors.
+to the job, whose own retries take over. A wait longer than ``max_retry_wait_s`` (a long
+Retry-After, the governor's "daily quota used up" or "account busy") is not slept here:
+the error goes up at once and the job's backoff takes over. Nothing past this module
+sees httpx errors: a base URL with an unsupported scheme or an invalid URL is a
+ConfigError, an undecodable (e.g. corrupt gzip) body a ContractError, any other
+transport failure UpstreamUnavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +29,7 @@ from typing import Any
 
 import httpx
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from erp_sync.connectors.governor import Governor
 from erp_sync.errors import (
@@ -47,9 +53,12 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf"/"nan" parse as floats; they would crash the governor's penalty.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -120,6 +129,12 @@ class ErpHttp:
             return float(min(self.max_retry_wait_s, retry_after))
         return float(min(self.max_retry_wait_s, 0.5 * 2 ** (state.attempt_number - 1)))
 
+    def _retry_inline(self, exc: BaseException) -> bool:
+        if not isinstance(exc, RetryableError):
+            return False
+        # Waits beyond our inline budget (daily quota, long Retry-After) belong to the job.
+        return exc.retry_after is None or exc.retry_after <= self.max_retry_wait_s
+
     async def request(
         self,
         method: str,
@@ -133,7 +148,7 @@ class ErpHttp:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=self._wait,
-            retry=retry_if_exception_type(RetryableError),
+            retry=retry_if_exception(self._retry_inline),
             reraise=True,
         )
         async for attempt in retrying:
@@ -162,7 +177,17 @@ class ErpHttp:
             ) from None
         except httpx.TimeoutException:
             raise Timeout(f"{self.provider} timed out on {method} {url}") from None
-        except httpx.TransportError as exc:
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ConfigError(
+                f"the {self.provider} base URL {self.client.base_url} cannot be used "
+                f"({type(exc).__name__}: {exc}); fix the connection's settings"
+            ) from None
+        except httpx.DecodingError as exc:
+            raise ContractError(
+                f"{self.provider} answered {method} {url} with a body that cannot be decoded "
+                f"({exc})"
+            ) from None
+        except httpx.HTTPError as exc:
             raise UpstreamUnavailable(
                 f"cannot reach {self.provider} ({type(exc).__name__}: {exc or 'connection failed'})"
             ) from None

@@ -13,18 +13,31 @@ GROUP = "erp_sync.connectors"
 
 
 @lru_cache(maxsize=1)
-def connectors() -> dict[str, type[Connector]]:
+def _load() -> tuple[dict[str, type[Connector]], dict[str, str]]:
     found: dict[str, type[Connector]] = {}
+    broken: dict[str, str] = {}
     for ep in entry_points(group=GROUP):
-        cls = ep.load()
+        try:
+            cls = ep.load()
+        except Exception as exc:  # one broken plugin must not take the others down
+            broken[ep.name] = f"{type(exc).__name__}: {exc}"
+            continue
         if isinstance(cls, type) and issubclass(cls, Connector):
             found[ep.name] = cls
-    return found
+        else:
+            broken[ep.name] = f"{ep.value} is not a Connector"
+    return found, broken
+
+
+def connectors() -> dict[str, type[Connector]]:
+    return _load()[0]
 
 
 def get_connector(provider: str) -> type[Connector]:
-    try:
-        return connectors()[provider]
-    except KeyError:
-        known = ", ".join(sorted(connectors())) or "none installed"
-        raise ConfigError(f"unknown ERP provider {provider!r}; known providers: {known}") from None
+    found, broken = _load()
+    if provider in found:
+        return found[provider]
+    if provider in broken:
+        raise ConfigError(f"the {provider!r} connector cannot be loaded ({broken[provider]})")
+    known = ", ".join(sorted(found)) or "none installed"
+    raise ConfigError(f"unknown ERP provider {provider!r}; known providers: {known}")

@@ -134,7 +134,7 @@ async def tenant_status(
             startedAt=last.startedAt,
             finishedAt=last.finishedAt,
             error=last.error,
-        )  # fmt: skip
+        )
         if last
         else None,
         streams=streams,

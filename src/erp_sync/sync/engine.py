@@ -169,7 +169,7 @@ class TenantSync:
             prefix=self.rt.settings.queue_prefix,
             provider=conn.provider,
             account=account,
-            limits=cls.limits,
+            limits=cls.rate_limits(settings),
         )
         prefix = self.rt.settings.queue_prefix
 
