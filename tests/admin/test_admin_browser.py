@@ -40,7 +40,7 @@ OUTPUT = ROOT / "test-output"
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once per module
+    if not Path(CHROMIUM).exists():
         pytest.fail("the browser tests need Debian's Chromium: apt-get install -y chromium")
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -51,7 +51,8 @@ async def _run(
     async with rt.unit_of_work() as s:
         s.add(
             JobRun(
-                tenantId=tenant, jobName="sync-tenant", jobId=f"j-{tenant}-{minutes_ago}", queue="sync",
+                tenantId=tenant, jobName="sync-tenant", jobId=f"j-{tenant}-{minutes_ago}",
+                queue="sync",
                 status=status, attempt=1, trigger="cron", error=error,
                 startedAt=utcnow() - timedelta(minutes=minutes_ago),
                 finishedAt=utcnow() - timedelta(minutes=minutes_ago) + timedelta(seconds=5),
@@ -158,8 +159,9 @@ async def test_quarantine_listing(api_client: httpx.AsyncClient, rt: Runtime) ->
     async with rt.unit_of_work() as s:
         s.add(
             QuarantinedRecord(
-                tenantId="acme", connectionId=conn, stream="products", recordKey="42", externalId="42",
-                raw={"id": 42, "preco": "abc"}, reason="listPrice: Input should be a valid decimal",
+                tenantId="acme", connectionId=conn, stream="products", recordKey="42",
+                externalId="42", raw={"id": 42, "preco": "abc"},
+                reason="listPrice: Input should be a valid decimal",
             )
         )  # fmt: skip
     body = (await api_client.get("/api/v1/tenants/acme/quarantine")).json()

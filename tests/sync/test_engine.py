@@ -59,8 +59,8 @@ def money(value: Any) -> Decimal | None:
 def stored_products(db: str, tenant: str = "acme") -> dict[str, tuple[Any, ...]]:
     with psycopg.connect(db) as c:
         rows = c.execute(
-            'SELECT "externalId", sku, name, "listPrice", "costPrice", active, "deletedAt" IS NOT NULL '
-            'FROM "Product" WHERE "tenantId" = %s',
+            'SELECT "externalId", sku, name, "listPrice", "costPrice", active, '
+            '"deletedAt" IS NOT NULL FROM "Product" WHERE "tenantId" = %s',
             (tenant,),
         ).fetchall()
     return {r[0]: (r[1], r[2], money(r[3]), money(r[4]), r[5], r[6]) for r in rows}
@@ -283,7 +283,8 @@ async def test_a_kill_between_pages_resumes_without_duplicates_or_gaps(
         assert stored_products(clean_db) == expected_products(sb)
         with psycopg.connect(clean_db) as c:
             dupes = c.execute(
-                'SELECT count(*) - count(DISTINCT "externalId") FROM "Product" WHERE "tenantId" = %s',
+                'SELECT count(*) - count(DISTINCT "externalId") FROM "Product" '
+                'WHERE "tenantId" = %s',
                 ("acme",),
             ).fetchone()[0]
         assert dupes == 0

@@ -53,7 +53,8 @@ async def write(
 def products(db: str, tenant: str = "acme") -> dict[str, tuple[Any, ...]]:
     with psycopg.connect(db) as c:
         rows = c.execute(
-            'SELECT "externalId", name, "listPrice", "deletedAt" IS NOT NULL, jsonb_typeof(raw), raw->>\'nome\' '
+            'SELECT "externalId", name, "listPrice", "deletedAt" IS NOT NULL, '
+            "jsonb_typeof(raw), raw->>'nome' "
             'FROM "Product" WHERE "tenantId" = %s',
             (tenant,),
         ).fetchall()
@@ -109,7 +110,10 @@ async def test_order_lines_are_replaced_with_their_order(
         record = SalesOrder(
             externalId="7", number="N7", total=Decimal(total),
             lines=[
-                SalesOrderLine(lineNumber=n, sku=f"S{n}", quantity=Decimal("2"), unitPrice=Decimal("1.50"), total=Decimal("3.00"))
+                SalesOrderLine(
+                    lineNumber=n, sku=f"S{n}", quantity=Decimal("2"),
+                    unitPrice=Decimal("1.50"), total=Decimal("3.00"),
+                )
                 for n in range(1, lines + 1)
             ],
         )  # fmt: skip

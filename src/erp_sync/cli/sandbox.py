@@ -81,3 +81,81 @@ def bling(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
+
+
+@sandbox_app.command()
+def omie(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 8902,
+    products: Annotated[int, typer.Option(help="Products at start")] = 1000,
+    customers: Annotated[int, typer.Option(help="Customers (clientes) at start")] = 300,
+    orders: Annotated[int, typer.Option(help="Sales orders (pedidos) at start")] = 2000,
+    warehouses: Annotated[int, typer.Option(help="Stock locals (locais de estoque), 1-3")] = 3,
+    seed: Annotated[int, typer.Option(help="Same seed, same data")] = 1,
+    history_days: Annotated[int, typer.Option(help="Days of change history")] = 730,
+    anchor: Annotated[
+        str, typer.Option(help="YYYY-MM-DD ending the history (default today): same data any day")
+    ] = "",
+    latency_ms: Annotated[int, typer.Option(help="Added to every API answer")] = 0,
+    error_rate: Annotated[float, typer.Option(help="Share of 500/502/503 answers")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(help="Share of broken records")] = 0.0,
+    ip_limit: Annotated[int, typer.Option(help="Requests per window per IP, 0 = off")] = 960,
+    method_limit: Annotated[
+        int, typer.Option(help="Requests per window per (app key, method), 0 = off")
+    ] = 240,
+    method_concurrency: Annotated[
+        int, typer.Option(help="Calls in flight per (app key, method), 0 = off")
+    ] = 4,
+    limit_window: Annotated[int, typer.Option(help="Rate limit window, seconds")] = 60,
+    redundant_window: Annotated[
+        int, typer.Option(help="Same call again within N s is refused (REDUNDANT), 0 = off")
+    ] = 60,
+    block_after: Annotated[
+        int, typer.Option(help="Faults in a row on one method that block the app key, 0 = never")
+    ] = 10,
+    block_seconds: Annotated[int, typer.Option(help="How long a block lasts, seconds")] = 1800,
+    app_key: Annotated[str, typer.Option(help="The app key to accept")] = "",
+    app_secret: Annotated[str, typer.Option(help="Its app secret")] = "",
+    mutate_every: Annotated[
+        float, typer.Option(help="Apply a small batch of changes every N seconds, 0 = off")
+    ] = 0.0,
+) -> None:
+    """Serve the Omie API sandbox until Ctrl-C."""
+    from erp_sync.sandbox.common import parse_local
+    from erp_sync.sandbox.omie import DEMO_APP_KEY, DEMO_APP_SECRET, OmieSandboxConfig, serve
+
+    try:
+        config = OmieSandboxConfig(
+            anchor=parse_local(anchor) if anchor else 0,
+            host=host,
+            port=port,
+            products=products,
+            customers=customers,
+            orders=orders,
+            warehouses=warehouses,
+            seed=seed,
+            history_days=history_days,
+            latency_ms=latency_ms,
+            error_rate=error_rate,
+            malformed_rate=malformed_rate,
+            ip_limit=ip_limit,
+            method_limit=method_limit,
+            method_concurrency=method_concurrency,
+            limit_window=limit_window,
+            redundant_window=redundant_window,
+            block_after=block_after,
+            block_seconds=block_seconds,
+            app_key=app_key or DEMO_APP_KEY,
+            app_secret=app_secret or DEMO_APP_SECRET,
+            mutate_every=mutate_every,
+        )
+        config.knobs()  # validates the runtime knobs before binding anything
+        serve(config, announce=lambda line: typer.echo(line))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass

@@ -111,16 +111,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import importlib.util
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -129,7 +125,6 @@ from starlette.routing import Route
 
 from erp_sync.sandbox.common import (
     DAY,
-    DEFAULT_PERIODIC_MUTATION,
     ORDER_STATUS_BY_CLASS,
     PRODUCT_INACTIVE_CLASS,
     Account,
@@ -137,6 +132,7 @@ from erp_sync.sandbox.common import (
     Customer,
     Dataset,
     DatasetSpec,
+    FaultAction,
     JSONBytes,
     Knobs,
     Order,
@@ -149,6 +145,9 @@ from erp_sync.sandbox.common import (
     admin_routes,
     fmt_date,
     parse_local,
+    periodic_mutations_lifespan,
+    serve_forever,
+    serve_in_thread,
 )
 
 API_PREFIX = "/Api/v3"
@@ -1066,7 +1065,7 @@ class BlingSandbox:
                 g("GET /pedidos/vendas/{id}", self.get_order),
                 methods=["GET"],
             ),
-            *admin_routes(self.core),
+            *admin_routes(self.core, [self._expire_tokens_action()]),
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:
@@ -1080,28 +1079,26 @@ class BlingSandbox:
                 str(getattr(exc, "detail", "")),
             ).response()
 
-        core, every = self.core, self.config.mutate_every
-
-        @contextlib.asynccontextmanager
-        async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            task = (
-                asyncio.create_task(core.periodic_mutations(every, DEFAULT_PERIODIC_MUTATION))
-                if every > 0
-                else None
-            )
-            try:
-                yield
-            finally:
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-
         app = Starlette(
-            routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan
+            routes=routes,
+            exception_handlers={HTTPException: http_error},
+            lifespan=periodic_mutations_lifespan(self.core, self.config.mutate_every),
         )
         app.state.sandbox = self
         return app
+
+    def _expire_tokens_action(self) -> FaultAction:
+        """``{"expire_tokens": true}`` expires every access token now (refresh tokens live)."""
+        tokens = self.core.tokens
+
+        def check(value: object) -> None:
+            if value is not None and not isinstance(value, bool):
+                raise ValueError("expire_tokens must be true or false")
+
+        def apply(value: object) -> dict[str, Any]:
+            return {"expired_tokens": tokens.expire_all_access() if value else 0}
+
+        return FaultAction("expire_tokens", check, apply)
 
 
 def injected_failure(status: int) -> Response:
@@ -1134,26 +1131,6 @@ def create_app(config: BlingSandboxConfig) -> Starlette:
     return BlingSandbox(config).app()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _uvicorn_config(app: Starlette) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
-
-
 def banner(config: BlingSandboxConfig, port: int) -> str:
     base = f"http://{config.host}:{port}"
     return (
@@ -1167,10 +1144,7 @@ def banner(config: BlingSandboxConfig, port: int) -> str:
 def serve(config: BlingSandboxConfig, announce: Callable[[str], None] = print) -> None:
     """Bind first (so the announced port is really ours), announce, serve until stopped."""
     app = create_app(config)  # invalid sizes fail here, before the port is taken
-    sock = _bind(config.host, config.port)
-    server = uvicorn.Server(_uvicorn_config(app))
-    announce(banner(config, sock.getsockname()[1]))
-    server.run(sockets=[sock])
+    serve_forever(app, config.host, config.port, lambda port: banner(config, port), announce)
 
 
 @dataclass(frozen=True)
@@ -1185,19 +1159,5 @@ class RunningSandbox:
 def running(config: BlingSandboxConfig) -> Iterator[RunningSandbox]:
     """Serve in a background thread on ``config.port`` (0 = any free port); for tests."""
     app = create_app(config)
-    sock = _bind(config.host, config.port)
-    server = uvicorn.Server(_uvicorn_config(app))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("Bling sandbox did not start")
-        time.sleep(0.005)
-    root = f"http://{config.host}:{sock.getsockname()[1]}"
-    try:
+    with serve_in_thread(app, config.host, config.port, "Bling sandbox") as root:
         yield RunningSandbox(f"{root}{API_PREFIX}", root, config, app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()

@@ -3,8 +3,11 @@
 A sandbox must serve a million-record catalogue from a laptop, reproduce the same
 data on every run, change it on demand, misbehave on demand, and afterwards say
 exactly what it holds, so that a sync can be checked record by record. Everything
-here is ERP-agnostic; a dialect module (``bling``, later ``omie``...) only renders
-the canonical records in its ERP's JSON and enforces its ERP's request rules.
+here is ERP-agnostic; a dialect module (``bling``, ``omie``...) only renders the
+canonical records in its ERP's JSON and enforces its ERP's request rules. Shared too:
+the runtime knobs (``BaseKnobs``, extended per dialect), request statistics, the
+admin endpoints (``admin_routes``, with per-dialect ``FaultAction``s) and the server
+plumbing (``serve_forever``, ``serve_in_thread``, ``periodic_mutations_lifespan``).
 
 How the data stays cheap and deterministic
 ------------------------------------------
@@ -35,18 +38,23 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
+import importlib.util
 import random
 import secrets
+import socket
+import threading
 import time
 import unicodedata
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from math import gcd
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -1568,55 +1576,71 @@ class Dataset:
 
 
 @dataclass
-class Knobs:
-    """Everything that can be changed at runtime through ``POST /__sandbox/faults``."""
+class BaseKnobs:
+    """Everything that can be changed at runtime through ``POST /__sandbox/faults``.
+
+    The fields every sandbox has; a dialect subclasses it with its own limits and
+    lists them in ``RATES`` (0..1 shares), ``INTS`` (non-negative integers, with
+    optional ``MINIMA``) and ``BOOLS``. ``ACTIONS`` are keys the faults endpoint accepts
+    that are not knobs (one-off actions such as expiring every token); ``update``
+    leaves them to the endpoint.
+    """
 
     latency_ms: int = 0
     error_rate: float = 0.0
     malformed_rate: float = 0.0
-    reject_refresh: bool = False
-    rate_limit: int = 3  # requests per second per account; 0 = unlimited
-    daily_limit: int = 120_000  # requests per Brasília day per account; 0 = unlimited
-    token_ttl: int = 21600
 
-    _RATES = ("error_rate", "malformed_rate")
-    _INTS = ("latency_ms", "rate_limit", "daily_limit", "token_ttl")
+    RATES: ClassVar[tuple[str, ...]] = ("error_rate", "malformed_rate")
+    INTS: ClassVar[tuple[str, ...]] = ("latency_ms",)
+    BOOLS: ClassVar[tuple[str, ...]] = ()
+    MINIMA: ClassVar[Mapping[str, tuple[int, str]]] = {}
+    ACTIONS: ClassVar[tuple[str, ...]] = ()
 
     def update(self, payload: Mapping[str, object]) -> None:
         """Validate everything first, then apply, so a bad request changes nothing."""
         changes: dict[str, object] = {}
         for key, value in payload.items():
-            if key in self._RATES:
+            if key in self.RATES:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ValueError(f"{key} must be a number between 0 and 1")
                 if not 0 <= value <= 1:
                     raise ValueError(f"{key} must be between 0 and 1")
                 changes[key] = float(value)
-            elif key in self._INTS:
+            elif key in self.INTS:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"{key} must be a non-negative integer")
-                if key == "token_ttl" and value < 1:
-                    raise ValueError("token_ttl must be at least 1 second")
+                minimum = self.MINIMA.get(key)
+                if minimum is not None and value < minimum[0]:
+                    raise ValueError(minimum[1])
                 changes[key] = value
-            elif key == "reject_refresh":
+            elif key in self.BOOLS:
                 if not isinstance(value, bool):
-                    raise ValueError("reject_refresh must be true or false")
+                    raise ValueError(f"{key} must be true or false")
                 changes[key] = value
-            elif key != "expire_tokens":
+            elif key not in self.ACTIONS:
                 raise ValueError(f"unknown knob {key!r}")
         for key, value in changes.items():
             setattr(self, key, value)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "latency_ms": self.latency_ms,
-            "error_rate": self.error_rate,
-            "malformed_rate": self.malformed_rate,
-            "reject_refresh": self.reject_refresh,
-            "rate_limit": self.rate_limit,
-            "daily_limit": self.daily_limit,
-            "token_ttl": self.token_ttl,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Knobs(BaseKnobs):
+    """The Bling sandbox's knobs (OAuth lifetimes and Bling's per-account limits)."""
+
+    reject_refresh: bool = False
+    rate_limit: int = 3  # requests per second per account; 0 = unlimited
+    daily_limit: int = 120_000  # requests per Brasília day per account; 0 = unlimited
+    token_ttl: int = 21600
+
+    INTS: ClassVar[tuple[str, ...]] = ("latency_ms", "rate_limit", "daily_limit", "token_ttl")
+    BOOLS: ClassVar[tuple[str, ...]] = ("reject_refresh",)
+    MINIMA: ClassVar[Mapping[str, tuple[int, str]]] = {
+        "token_ttl": (1, "token_ttl must be at least 1 second")
+    }
+    ACTIONS: ClassVar[tuple[str, ...]] = ("expire_tokens",)
 
 
 class SlidingWindowLimiter:
@@ -1642,6 +1666,11 @@ class SlidingWindowLimiter:
             return self.window - (now - accepted[len(accepted) - limit])
         accepted.append(now)
         return 0.0
+
+    def undo(self) -> None:
+        """Give back the last accepted slot (a later check refused the same request)."""
+        if self._accepted:
+            self._accepted.pop()
 
 
 class DailyQuota:
@@ -1682,6 +1711,17 @@ class Stats:
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.endpoints: dict[str, EndpointStats] = {}
+        # Dialect-specific tallies (e.g. Omie's redundant-call faults) and high-water
+        # marks (e.g. calls in flight per method), reported as they are.
+        self.counters: dict[str, int] = {}
+        self.peaks: dict[str, int] = {}
+
+    def bump(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def peak(self, name: str, value: int) -> None:
+        if value > self.peaks.get(name, 0):
+            self.peaks[name] = value
 
     def record(self, endpoint: str, status: int, now: float, injected: bool = False) -> None:
         self.requests += 1
@@ -1692,7 +1732,7 @@ class Stats:
             self.ok += 1
         elif status == 429:
             self.rate_limited += 1
-        elif status == 401:
+        elif status in (401, 403):
             self.unauthorized += 1
         if injected:
             self.injected_errors += 1
@@ -1720,6 +1760,8 @@ class Stats:
                 name: {"requests": ep.requests, "statuses": dict(ep.statuses)}
                 for name, ep in sorted(self.endpoints.items())
             },
+            "counters": dict(sorted(self.counters.items())),
+            "peaks": dict(sorted(self.peaks.items())),
         }
 
 
@@ -1790,9 +1832,13 @@ class TokenStore:
 
 @dataclass(frozen=True)
 class AccountSpec:
+    """Who may call: an OAuth client (Bling) or an app key and its secret (Omie, as
+    ``client_id``/``client_secret``). ``client_id`` also names the account in the
+    admin endpoints (``?account=``)."""
+
     client_id: str
     client_secret: str
-    auth_code: str
+    auth_code: str = ""
 
 
 @dataclass
@@ -1811,13 +1857,16 @@ class JSONBytes(Response):
         return orjson.dumps(content)
 
 
-class SandboxCore:
+K = TypeVar("K", bound=BaseKnobs)
+
+
+class SandboxCore(Generic[K]):
     """State shared by one sandbox server: accounts, knobs, tokens, injected faults."""
 
     def __init__(
         self,
         accounts: Sequence[tuple[AccountSpec, DatasetSpec]],
-        knobs: Knobs,
+        knobs: K,
         malformed_kind_names: Mapping[str, Sequence[str]],
         refresh_ttl: int = 30 * DAY,
         fault_seed: int = 0,
@@ -1868,7 +1917,19 @@ DEFAULT_PERIODIC_MUTATION = MutationCounts(
 )
 
 
-def admin_routes(core: SandboxCore) -> list[Route]:
+@dataclass(frozen=True)
+class FaultAction:
+    """A one-off action ``POST /__sandbox/faults`` accepts besides the knobs (e.g.
+    ``{"expire_tokens": true}``). ``check`` validates the value (raise ValueError) before
+    anything changes; ``apply`` runs after the knobs are set and returns what to add to
+    the answer. Both see ``None`` when the key is absent."""
+
+    name: str
+    check: Callable[[object], None]
+    apply: Callable[[object], dict[str, Any]]
+
+
+def admin_routes(core: SandboxCore[Any], actions: Sequence[FaultAction] = ()) -> list[Route]:
     """``/__sandbox/...``: stats, faults, mutations and truth, identical for every ERP.
 
     Not rate-limited, not authenticated, never faulty: they are the test's view of
@@ -1906,14 +1967,15 @@ def admin_routes(core: SandboxCore) -> list[Route]:
                 payload = await read_json(request)
                 if not isinstance(payload, dict):
                     raise ValueError("body must be a JSON object")
-                expire = payload.get("expire_tokens", False)
-                if not isinstance(expire, bool):
-                    raise ValueError("expire_tokens must be true or false")
+                for action in actions:
+                    action.check(payload.get(action.name))
                 core.knobs.update(payload)
             except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
                 return problem(400, str(exc))
-            expired = core.tokens.expire_all_access() if expire else 0
-            return JSONBytes(core.knobs.as_dict() | {"expired_tokens": expired})
+            answer = core.knobs.as_dict()
+            for action in actions:
+                answer |= action.apply(payload.get(action.name))
+            return JSONBytes(answer)
         return JSONBytes(core.knobs.as_dict())
 
     async def mutate(request: Request) -> Response:
@@ -1991,3 +2053,77 @@ def admin_routes(core: SandboxCore) -> list[Route]:
         Route("/__sandbox/truth", truth, methods=["GET"]),
         Route("/__sandbox/truth/summary", summary, methods=["GET"]),
     ]
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def periodic_mutations_lifespan(
+    core: SandboxCore[Any], every: float, counts: MutationCounts = DEFAULT_PERIODIC_MUTATION
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """A Starlette lifespan applying ``counts`` every ``every`` seconds (off when 0)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(core.periodic_mutations(every, counts)) if every > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return lifespan
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before announcing, so the announced port is really ours (0 = any free one)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_config(app: Any) -> uvicorn.Config:
+    # Access logs off: Bling tokens and Omie app secrets travel in requests.
+    return uvicorn.Config(
+        app,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+def serve_forever(
+    app: Any, host: str, port: int, banner: Callable[[int], str], announce: Callable[[str], None]
+) -> None:
+    """Bind, announce ``banner(port)``, serve until stopped (one process: state is in memory)."""
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(uvicorn_config(app))
+    announce(banner(sock.getsockname()[1]))
+    server.run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str, port: int, what: str = "sandbox") -> Iterator[str]:
+    """Serve in a background thread (for tests); yields the root URL, stops on exit."""
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(uvicorn_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.005)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -202,9 +202,13 @@ def _detail(st: TenantStatus) -> str:
     if st.health == "paused":
         return st.pausedReason or "paused"
     if st.health == "failing" and st.lastJob:
-        return f"{st.consecutiveFailures} failed sync attempt(s) in a row; last error: {st.lastJob.error}"
+        return (
+            f"{st.consecutiveFailures} failed sync attempt(s) in a row; "
+            f"last error: {st.lastJob.error}"
+        )
     if st.health == "stale" and st.lagSeconds is not None:
-        return f"last complete sync {timedelta(seconds=int(st.lagSeconds))} ago (schedule {st.schedule})"
+        ago = timedelta(seconds=int(st.lagSeconds))
+        return f"last complete sync {ago} ago (schedule {st.schedule})"
     return "never synced"
 
 
@@ -278,7 +282,7 @@ async def quarantine_list(
                 lastSeenAt=r.lastSeenAt,
                 occurrences=r.occurrences,
                 raw=r.raw,
-            )  # fmt: skip
+            )
             for r in rows
         ],
         total=total,
