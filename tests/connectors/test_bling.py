@@ -723,3 +723,25 @@ async def test_deletions_during_a_full_read_skip_no_record(
     # Some deletions hit the pages still to read, shifting the records after them.
     boundary = min(int(i) for i in ids_of(connector, "products", done.records))
     assert any(i < boundary for i in deleted)
+
+
+async def test_an_authorization_code_is_exchanged_once_and_dropped(
+    sb: RunningSandbox, redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """What an operator stores right after authorising the app in Bling: the client and
+    the one-time code. The first call exchanges it; the pair is stored, the code dropped."""
+    store = CredentialStore(
+        {"client_id": CLIENT_ID, "client_secret": SECRET, "code": sb.config.auth_code}
+    )
+    async with closing(make_connector(sb, store, redis, key_prefix)) as connector:
+        await connector.check()
+    assert len(store.saves) == 1
+    saved = store.current
+    assert "code" not in saved
+    assert saved["access_token"] and saved["refresh_token"]
+    wrong = CredentialStore({"client_id": CLIENT_ID, "client_secret": SECRET, "code": "not-a-code"})
+    async with closing(make_connector(sb, wrong, redis, key_prefix)) as connector:
+        with pytest.raises(ConfigError) as info:
+            await connector.check()
+    assert "refused the authorization code" in str(info.value)
+    assert wrong.saves == []

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from erp_sync.cli import common
+from erp_sync.cli import demo as demo_cli
 from erp_sync.cli import jobs as jobs_cli
 from erp_sync.cli import status as status_cli
 from erp_sync.cli.sandbox import sandbox_app
@@ -30,6 +31,7 @@ app.add_typer(jobs_cli.queues_app, name="queues")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(status_cli.quarantine_app, name="quarantine")
 app.command()(status_cli.status)
+app.command()(demo_cli.demo)
 for _command in (
     jobs_cli.worker,
     jobs_cli.scheduler,

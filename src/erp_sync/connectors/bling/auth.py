@@ -38,6 +38,9 @@ class BlingCredentials(BaseModel):
     client_secret: str = Field(min_length=1)
     access_token: str | None = None
     refresh_token: str | None = None
+    # The one-time code Bling gives when the app is authorised; exchanged for the token
+    # pair on first use, then dropped.
+    code: str | None = None
     # When the access token expires (UTC); None = unknown, used until Bling says 401.
     expires_at: datetime | None = None
 
@@ -114,10 +117,16 @@ class TokenKeeper:
         if current.access_token and current.access_token != failed and self._fresh(current):
             self.raw, self.creds = stored, current  # another process refreshed it
             return
-        if not current.refresh_token:
+        if current.refresh_token:
+            grant = {"grant_type": "refresh_token", "refresh_token": current.refresh_token}
+            what = "the refresh token (revoked, expired or already used"
+        elif current.code:
+            grant = {"grant_type": "authorization_code", "code": current.code}
+            what = "the authorization code (expired or already used"
+        else:
             raise ConfigError(
                 "the Bling connection has no refresh token: authorise the app in Bling "
-                "again and store the new tokens"
+                "again and store the new code or tokens"
             )
         resp = await self.http.request(
             "POST",
@@ -125,7 +134,7 @@ class TokenKeeper:
             governed=False,
             ok=(400, 401),
             auth=(current.client_id, current.client_secret),
-            data={"grant_type": "refresh_token", "refresh_token": current.refresh_token},
+            data=grant,
             headers={"Accept": "application/json"},
         )
         if resp.status == 401:
@@ -137,8 +146,8 @@ class TokenKeeper:
             detail = self.http.describe_error(resp)
             if "invalid_grant" in detail:
                 raise ConfigError(
-                    "Bling refused the refresh token (revoked, expired or already used: "
-                    f"{detail}); the connection must be re-authorised in Bling"
+                    f"Bling refused {what}: {detail}); the connection must be re-authorised "
+                    "in Bling"
                 )
             raise ContractError(f"Bling refused our token refresh request: {detail}")
         body = resp.json()
@@ -150,7 +159,7 @@ class TokenKeeper:
             raise ContractError("Bling's token answer has no access_token/refresh_token") from None
         if not isinstance(access, str) or not isinstance(refresh, str) or not access:
             raise ContractError("Bling's token answer has no usable access_token/refresh_token")
-        new = dict(stored)
+        new = {k: v for k, v in stored.items() if k != "code"}
         new.update(
             access_token=access,
             refresh_token=refresh,
