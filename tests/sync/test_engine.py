@@ -288,3 +288,46 @@ async def test_a_kill_between_pages_resumes_without_duplicates_or_gaps(
                 ("acme",),
             ).fetchone()[0]
         assert dupes == 0
+
+
+async def test_a_large_tenant_yields_to_the_others(
+    rt: Runtime, queues: JobQueues, clean_db: str, start_worker: Any
+) -> None:
+    """Fairness: a job works for its time budget, saves its cursor and re-enqueues the rest
+    behind the tenants already waiting; the large tenant still ends up complete."""
+    with (
+        start_sandbox(products=400, customers=2, orders=2, latency_ms=60) as big,
+        start_sandbox(products=5, customers=2, orders=2) as small,
+    ):
+        await add_tenant(rt, "big", sandbox=big)
+        await add_tenant(rt, "small", sandbox=small)
+        await start_worker(worker_concurrency=1, sync_job_budget_seconds=1.0)
+        first = await trigger_sync(rt, queues, "big", full=True)
+        await asyncio.sleep(0.2)
+        other = await trigger_sync(rt, queues, "small")
+
+        async def big_done() -> bool:
+            async with rt.unit_of_work() as s:
+                rows = (
+                    (await s.execute(select(JobRun).where(JobRun.tenantId == "big")))
+                    .scalars()
+                    .all()
+                )
+            return (
+                bool(rows)
+                and all(r.status == "COMPLETED" for r in rows)
+                and not any((r.stats or {}).get("continues") for r in rows[-1:])
+            )
+
+        await wait_until(big_done, timeout=120, what="the big tenant to finish in several jobs")
+        async with rt.unit_of_work() as s:
+            runs = (await s.execute(select(JobRun).order_by(JobRun.startedAt))).scalars().all()
+        order = [(r.tenantId, r.jobId) for r in runs]
+        assert order[0] == ("big", first.job_id)
+        assert runs[0].stats and runs[0].stats.get("continues"), runs[0].stats
+        assert runs[0].stats.get("continuation")
+        # the small tenant ran before the big one's continuation
+        assert order[1] == ("small", other.job_id), order
+        assert sum(1 for t, _ in order if t == "big") >= 2
+        assert count(clean_db, "Product", tenant="big") == 400
+        assert stored_products(clean_db, "big") == expected_products(big)
