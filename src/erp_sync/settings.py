@@ -112,6 +112,17 @@ class Settings(BaseSettings):
     # intervals.
     stale_factor: float = Field(default=3.0, gt=0)
 
+    # Processes on one host that share this directory are served together by the API's
+    # /metrics (prometheus_client multiprocess mode); unset, each process serves its own.
+    prometheus_multiproc_dir: Path | None = None
+    # `erp-sync worker` also serves its own metrics on this port (workers on other hosts).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("prometheus_multiproc_dir", "metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", "app_env", mode="before")
     @classmethod
     def _case_insensitive(cls, value: Any, info: Any) -> Any:
@@ -274,6 +285,43 @@ class Settings(BaseSettings):
             secret: SecretStr | None = getattr(self, name)
             values.append(secret.get_secret_value() if secret else None)
         return [v for v in values if v and len(v) >= 4]
+
+
+class _MetricsEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    prometheus_multiproc_dir: Path | None = None
+
+    @field_validator("prometheus_multiproc_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def export_metrics_environment() -> Path | None:
+    """Put PROMETHEUS_MULTIPROC_DIR (from the environment or .env) into ``os.environ``
+    and create the directory. prometheus_client picks its multiprocess mode from that
+    variable once, when first imported, and child processes (uvicorn workers) inherit
+    it: entry points call this before importing anything that imports it."""
+    import os
+
+    try:
+        directory = _MetricsEnvironment().prometheus_multiproc_dir
+    except ValidationError:
+        return None  # load_settings() reports it as one sentence
+    if directory is None:
+        # prometheus_client would take even an empty variable for a directory (the cwd).
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR points to {directory}, which cannot be created "
+            f"({exc.strerror}); create it writable for this user or unset the variable."
+        ) from None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
 
 
 def _describe(error: ValidationError) -> str:

@@ -8,7 +8,6 @@ allows, or a sync that keeps hammering an account whose daily quota is used up.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -47,11 +46,11 @@ async def test_concurrent_tasks_in_two_processes_are_spaced(
     started = time.monotonic()
     await asyncio.gather(*(task(one if i % 2 else two) for i in range(12)))
     times.sort()
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    # Never two requests closer than the published 1/3 s (1 ms for timer granularity)...
-    assert min(gaps) >= 1 / 3 - 0.001, gaps
-    # ...and no slower than needed: 11 intervals of ~344 ms (3 req/s with a 3 % margin).
-    assert times[-1] - started < 11 * 0.36
+    # The ERP's own rule: never more than 3 requests in any 1-second window...
+    for i in range(len(times) - 3):
+        assert times[i + 3] - times[i] >= 1.0, (i, times)
+    # ...and no slower than needed: 12 requests are 4 windows of 3 (1 s + a 30 ms margin).
+    assert times[-1] - started < 3 * 1.03 + 0.3
     assert one.stats.requests + two.stats.requests == 12
     assert one.stats.waited_seconds + two.stats.waited_seconds > 5
 
@@ -70,9 +69,10 @@ async def test_penalize_holds_everyone(
     one, two = make(redis, key_prefix, limits), make(second_redis, key_prefix, limits)
     await one.penalize(1.5)
     started = time.monotonic()
-    waits = await asyncio.gather(two.acquire(), one.acquire(), two.acquire())
-    assert 1.4 <= min(waits) <= 1.55
-    assert time.monotonic() - started >= 1.5 + 2 * 0.34 - 0.01
+    waits = await asyncio.gather(two.acquire(), one.acquire(), two.acquire(), one.acquire())
+    assert 1.4 <= min(waits) <= 1.6
+    # three go when the hold ends, the fourth waits for the window
+    assert time.monotonic() - started >= 1.5 + 1.0
     assert one.stats.penalties == 1
 
 

@@ -142,3 +142,22 @@ async def test_full_sync_sweep_marks_unseen_rows_deleted(
     # a deleted record that reappears is undeleted
     await write(rt, "products", "acme", acme, [product(3)])
     assert products(clean_db)["3"][2] is False
+
+
+async def test_a_first_load_without_lookups_falls_back_on_a_repeated_page(
+    rt: Runtime, acme: str, clean_db: str
+) -> None:
+    """A first load skips the stored-hash lookup; a page repeated after a crash collides,
+    falls back to the guarded upsert, and changes nothing."""
+    async with rt.unit_of_work() as session:
+        first = await writer.upsert(
+            session, "products", "acme", acme, [product(1), product(2)], prefilter=False
+        )
+    assert (first.inserted, first.collided) == (2, False)
+    async with rt.unit_of_work() as session:
+        again = await writer.upsert(
+            session, "products", "acme", acme, [product(1), product(2, "5.55")], prefilter=False
+        )
+    assert again.collided
+    assert (again.inserted, again.updated, again.unchanged) == (0, 1, 1)
+    assert products(clean_db)["2"][1] == Decimal("5.5500")

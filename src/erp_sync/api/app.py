@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from erp_sync import __version__
 from erp_sync.admin import routes as admin_routes
-from erp_sync.api import health
+from erp_sync.api import health, metrics
 from erp_sync.errors import ConfigError, DomainError, ErpSyncError, Invalid
 from erp_sync.jobs import routes as job_routes
 from erp_sync.jobs.queues import JobQueues
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for outage in (sa_exc.OperationalError, sa_exc.InterfaceError, RedisError):
         app.add_exception_handler(outage, _outage)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(tenant_routes.router)
     app.include_router(job_routes.router)
     app.include_router(status_routes.router)

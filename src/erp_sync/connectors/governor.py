@@ -1,16 +1,21 @@
 """The quota governor: one rate budget per (provider, ERP account), shared by every worker
 process through Redis.
 
-Each request reserves the next free slot on a schedule (GCRA: a "theoretical arrival
-time" key advanced by one interval per request), so N workers on one account are spaced
-exactly as one well-behaved client would be: no polling, no bursts, no 429s. A 429 or a
-Retry-After pushes the schedule back for everyone; a daily quota is counted too.
+It keeps the log of the account's recent requests (a sorted set per limit window) and
+lets a request leave only when the window behind it holds fewer than the limit: the same
+sliding window the ERPs count with, so N workers on one account together never exceed
+it, whatever their timing. A request is logged at the moment it leaves, so a worker that
+was late (descheduled, slow) does not squeeze the next ones together. Windows get a small
+margin for network jitter. A 429 or a Retry-After holds every worker on the account; a
+daily quota is counted too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,41 +25,72 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from erp_sync.errors import RateLimited
+from erp_sync.kit import metrics
 
 if TYPE_CHECKING:
     from erp_sync.connectors.base import RateLimits
 
-# Stay a little under the published rate: the ERP counts arrivals, we count departures,
-# and loopback or network jitter must not push two requests into one window.
-SAFETY = 0.96
+# The ERP counts arrivals, we count departures: a window of ours is this much longer than
+# the ERP's, so jitter between departure and arrival never puts one request too many in it.
+MARGIN_MS = 30
+MARGIN_SHARE = 0.02
 MAX_WAIT_MS = 120_000
 
-RESERVE = """
+# KEYS: hold, day, log_1..log_n
+# ARGV: member, day_limit, day_ttl, (limit_i, window_i)..., inflight_ms
+ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-local slot = math.max(tat, now)
-local wait = slot - now
-if wait > tonumber(ARGV[2]) then return {-1, wait} end
-local day_limit = tonumber(ARGV[3])
+local hold = tonumber(redis.call('GET', KEYS[1]) or '0')
+if hold > now then return {hold - now, 0} end
+local wait = 0
+for i = 3, #KEYS do
+  local limit = tonumber(ARGV[2 + 2 * (i - 2)])
+  local window = tonumber(ARGV[3 + 2 * (i - 2)])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[i]) >= limit then
+    local oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
+    if oldest > now then
+      wait = math.max(wait, 20)  -- every slot is a call still in flight: look again soon
+    else
+      wait = math.max(wait, oldest + window - now + 1)
+    end
+  end
+end
+if wait > 0 then return {wait, 0} end
+local day_limit = tonumber(ARGV[2])
 if day_limit > 0 then
   local used = redis.call('INCR', KEYS[2])
-  if used == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4])) end
+  if used == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3])) end
   if used > day_limit then return {-2, redis.call('PTTL', KEYS[2])} end
 end
-if interval > 0 then
-  redis.call('SET', KEYS[1], slot + interval, 'PX', wait + interval + 60000)
+local inflight = tonumber(ARGV[#ARGV])
+for i = 3, #KEYS do
+  local window = tonumber(ARGV[3 + 2 * (i - 2)])
+  redis.call('ZADD', KEYS[i], now + inflight, ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], window + inflight + 1000)
 end
-return {wait, 0}
+return {0, 0}
 """
+
+# A request's answer came back: log it at this moment (the ERP counted it before now).
+# KEYS: log_1..log_n  ARGV: member
+LANDED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1]) end
+return now
+"""
+# In-flight entries count until their answer; a worker that died mid-call frees its
+# entry after this long (the HTTP layer's deadline for one call).
+INFLIGHT_MS = 180_000
 
 PENALIZE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = now + tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ms > tat then redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 60000) end
+local hold = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ms > hold then redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 60000) end
 return until_ms - now
 """
 
@@ -69,6 +105,12 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 0
 """
+
+
+def _with_margin(window_ms: float) -> int:
+    if window_ms < 1000:  # an even spacing: a share of it is jitter enough
+        return math.ceil(window_ms * (1 + 1.5 * MARGIN_SHARE))
+    return math.ceil(window_ms + max(MARGIN_MS, window_ms * MARGIN_SHARE))
 
 
 def _ms_to_brasilia_midnight() -> int:
@@ -103,55 +145,88 @@ class Governor:
         self.provider = provider
         self.account = account
         base = f"{prefix}:erp-sync:governor:{provider}:{account}"
-        self._tat_key = f"{base}:tat"
+        self._hold_key = f"{base}:hold"
         self._day_key = f"{base}:day"
         self._slots_key = f"{base}:slots"
-        rates = []
+        # (limit, window ms) pairs: 3/s -> 3 per 1 s; 2.5/s -> 2 per 800 ms; 240/min.
+        self.windows: list[tuple[int, float]] = []
         if limits.per_second:
-            rates.append(1000.0 / (limits.per_second * SAFETY))
+            n = max(1, math.floor(limits.per_second))
+            self.windows.append((n, 1000.0 * n / limits.per_second))
         if limits.per_minute:
-            rates.append(60000.0 / (limits.per_minute * SAFETY))
-        self.interval_ms = int(max(rates)) + 1 if rates else 0
-        self._reserve = redis.register_script(RESERVE)
+            # Spread evenly rather than in bursts: ERPs that publish a per-minute limit
+            # often count it in shorter slices too (Omie's 960/min is checked every 5 s).
+            self.windows.append((1, 60000.0 / limits.per_minute))
+        self._log_keys = [f"{base}:log:{i}" for i in range(len(self.windows))]
+        self._acquire = redis.register_script(ACQUIRE)
+        self._landed = redis.register_script(LANDED)
         self._penalize = redis.register_script(PENALIZE)
         self._acquire_slot = redis.register_script(ACQUIRE_SLOT)
+        self._member = f"{uuid.uuid4().hex}:"
+        self._seq = itertools.count()
         self.stats = GovernorStats()
 
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[float]:
+        """Around one HTTP call: wait for room in the account's windows, count the call as
+        in flight, and log it when its answer is back. The ERP counted the call between
+        our departure and its answer, so spacing the next ones from the *answer* keeps
+        every window of the ERP's within the limit, whatever the network's jitter."""
+        member = f"{self._member}{next(self._seq)}"
+        waited = await self._take(member, margin=False, inflight=INFLIGHT_MS)
+        try:
+            yield waited
+        finally:
+            if self._log_keys:
+                with contextlib.suppress(Exception):
+                    await self._landed(keys=self._log_keys, args=[member])
+
     async def acquire(self) -> float:
-        """Wait for this account's next request slot; returns the seconds waited."""
-        # Even with no published limits the schedule is read: a 429's penalty must hold
-        # every worker on the account (one Redis round trip, far below an HTTP call).
-        wait_ms, extra = await self._reserve(
-            keys=[self._tat_key, self._day_key],
-            args=[
-                self.interval_ms,
-                MAX_WAIT_MS,
-                self.limits.per_day or 0,
-                _ms_to_brasilia_midnight(),
-            ],
-        )
-        if int(wait_ms) == -2:
-            raise RateLimited(
-                "the ERP account's daily request quota is used up; the sync resumes after midnight",
-                retry_after=int(extra) / 1000,
+        """Wait until this account may send one more request, counted from now (with a
+        margin for jitter); returns the seconds waited. Prefer ``request()`` around a call."""
+        return await self._take(f"{self._member}{next(self._seq)}", margin=True, inflight=0)
+
+    async def _take(self, member: str, *, margin: bool, inflight: int) -> float:
+        # Even with no published limits the hold is read: a 429's penalty must stop every
+        # worker on the account (one Redis round trip, far below an HTTP call).
+        args: list[int | str] = [member, self.limits.per_day or 0, _ms_to_brasilia_midnight()]
+        for limit, window in self.windows:
+            args += [limit, _with_margin(window) if margin else math.ceil(window)]
+        args.append(inflight)
+        waited = 0.0
+        while True:
+            wait_ms, extra = await self._acquire(
+                keys=[self._hold_key, self._day_key, *self._log_keys], args=args
             )
-        if int(wait_ms) == -1:
-            raise RateLimited(
-                "the ERP account is busy with other syncs for the next minutes; trying later",
-                retry_after=int(extra) / 1000,
-            )
-        waited = int(wait_ms) / 1000
-        if waited > 0:
-            await asyncio.sleep(waited)
+            wait_ms = int(wait_ms)
+            if wait_ms == 0:
+                break
+            if wait_ms == -2:
+                metrics.GOVERNOR_REFUSALS.labels(self.provider, "daily_quota").inc()
+                raise RateLimited(
+                    "the ERP account's daily request quota is used up; "
+                    "the sync resumes after midnight",
+                    retry_after=int(extra) / 1000,
+                )
+            if waited * 1000 + wait_ms > MAX_WAIT_MS:
+                metrics.GOVERNOR_REFUSALS.labels(self.provider, "busy").inc()
+                raise RateLimited(
+                    "the ERP account is busy with other syncs for the next minutes; trying later",
+                    retry_after=wait_ms / 1000,
+                )
+            await asyncio.sleep(wait_ms / 1000)
+            waited += wait_ms / 1000
         self.stats.requests += 1
         self.stats.waited_seconds += waited
+        metrics.GOVERNOR_WAIT.labels(self.provider).observe(waited)
         return waited
 
     async def penalize(self, seconds: float) -> None:
         """Hold every worker's next request on this account for ``seconds`` (after a 429
         or a Retry-After)."""
         self.stats.penalties += 1
-        await self._penalize(keys=[self._tat_key], args=[max(1, int(seconds * 1000))])
+        metrics.ERP_RATE_LIMITED.labels(self.provider).inc()
+        await self._penalize(keys=[self._hold_key], args=[max(1, int(seconds * 1000))])
 
     @contextlib.asynccontextmanager
     async def slot(self, lease_seconds: float = 300) -> AsyncIterator[None]:

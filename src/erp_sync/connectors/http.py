@@ -11,7 +11,8 @@ Retryable outcomes are retried here a few times (tenacity, honouring Retry-After
 also holds every worker on the account through the governor) before the error goes up
 to the job, whose own retries take over. A wait longer than ``max_retry_wait_s`` (a long
 Retry-After, the governor's "daily quota used up" or "account busy") is not slept here:
-the error goes up at once and the job's backoff takes over. Nothing past this module
+the error goes up at once and the job's backoff takes over; so does a call that outlived
+its whole deadline (``deadline_s``: a slow-loris answer). Nothing past this module
 sees httpx errors: a base URL with an unsupported scheme or an invalid URL is a
 ConfigError, an undecodable (e.g. corrupt gzip) body a ContractError, any other
 transport failure UpstreamUnavailable.
@@ -40,12 +41,18 @@ from erp_sync.errors import (
     Timeout,
     UpstreamUnavailable,
 )
+from erp_sync.kit import metrics
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
 # A slow-loris answer trickling bytes never trips the read timeout: bound the whole call.
 REQUEST_DEADLINE_S = 180.0
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
+
+
+class DeadlineExceeded(Timeout):
+    """The whole call outlived its deadline (e.g. a slow-loris answer): retried by the
+    job's backoff, not inline, where each attempt would take the whole deadline again."""
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -103,6 +110,7 @@ class ErpHttp:
         attempts: int = 4,
         max_retry_wait_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        deadline_s: float = REQUEST_DEADLINE_S,
     ) -> None:
         self.provider = provider
         self.governor = governor
@@ -110,6 +118,7 @@ class ErpHttp:
         self.max_body_bytes = max_body_bytes
         self.attempts = attempts
         self.max_retry_wait_s = max_retry_wait_s
+        self.deadline_s = deadline_s
         self.client = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
@@ -130,7 +139,7 @@ class ErpHttp:
         return float(min(self.max_retry_wait_s, 0.5 * 2 ** (state.attempt_number - 1)))
 
     def _retry_inline(self, exc: BaseException) -> bool:
-        if not isinstance(exc, RetryableError):
+        if not isinstance(exc, RetryableError) or isinstance(exc, DeadlineExceeded):
             return False
         # Waits beyond our inline budget (daily quota, long Retry-After) belong to the job.
         return exc.retry_after is None or exc.retry_after <= self.max_retry_wait_s
@@ -165,17 +174,26 @@ class ErpHttp:
         ok: tuple[int, ...] = (),
         **kwargs: Any,
     ) -> ErpResponse:
-        if governed:
-            await self.governor.acquire()
+        if not governed:
+            return await self._send_once(method, url, ok=ok, **kwargs)
+        # In flight until the answer: the ERP counted the call somewhere in between.
+        async with self.governor.request():
+            return await self._send_once(method, url, ok=ok, **kwargs)
+
+    async def _send_once(
+        self, method: str, url: str, *, ok: tuple[int, ...], **kwargs: Any
+    ) -> ErpResponse:
         try:
-            async with asyncio.timeout(REQUEST_DEADLINE_S):
+            async with asyncio.timeout(self.deadline_s):
                 resp = await self._send(method, url, **kwargs)
         except TimeoutError:
-            raise Timeout(
+            metrics.count_erp_request(self.governor.provider, "timeout")
+            raise DeadlineExceeded(
                 f"{self.provider} did not finish answering {method} {url} within "
-                f"{REQUEST_DEADLINE_S:g} s"
+                f"{self.deadline_s:g} s"
             ) from None
         except httpx.TimeoutException:
+            metrics.count_erp_request(self.governor.provider, "timeout")
             raise Timeout(f"{self.provider} timed out on {method} {url}") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ConfigError(
@@ -188,9 +206,11 @@ class ErpHttp:
                 f"({exc})"
             ) from None
         except httpx.HTTPError as exc:
+            metrics.count_erp_request(self.governor.provider, "unreachable")
             raise UpstreamUnavailable(
                 f"cannot reach {self.provider} ({type(exc).__name__}: {exc or 'connection failed'})"
             ) from None
+        metrics.count_erp_request(self.governor.provider, resp.status)
         if self.on_response is not None:
             self.on_response(resp.status)
         if 200 <= resp.status < 300 or resp.status in ok:

@@ -25,7 +25,7 @@ from bullmq import Job, Worker
 from bullmq.custom_errors import UnrecoverableError
 from pydantic import ValidationError
 
-from erp_sync.errors import ErpSyncError, PermanentError, RetryableError
+from erp_sync.errors import ConfigError, ErpSyncError, PermanentError, RetryableError
 from erp_sync.jobs import heartbeat, runs
 from erp_sync.jobs.connection import connection_opts
 from erp_sync.jobs.names import (
@@ -38,6 +38,7 @@ from erp_sync.jobs.names import (
 )
 from erp_sync.jobs.prune import prune_job_runs
 from erp_sync.jobs.queues import JobQueues, SyncJobData
+from erp_sync.kit import metrics
 from erp_sync.kit.logging import bound_contextvars, get_logger, redact_text
 from erp_sync.kit.outages import describe_outage
 from erp_sync.models import Tenant
@@ -141,6 +142,9 @@ class WorkerService:
         self.running: dict[str, str] = {}  # BullMQ job id -> queue
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
+        # Outcomes that could not be written (PostgreSQL down): written once it is back,
+        # before anything could close those rows as 'worker lost'.
+        self._unclosed: dict[int, tuple[str, str | None, dict[str, Any] | None]] = {}
         self._claim = self.rt.redis.register_script(CLAIM_TENANT)
         self._release = self.rt.redis.register_script(RELEASE_TENANT)
 
@@ -176,7 +180,8 @@ class WorkerService:
             try:
                 run_id = await self._open_run(queue, job, job_id, tenant_id, attempt, str(trigger))
                 ctx = JobContext(self.rt, job, queue, run_id, attempt, data, self.producer)
-                return await self._run(handler, ctx, tenant_id)
+                with metrics.job_attempt(queue, str(job.name)):
+                    return await self._run(handler, ctx, tenant_id)
             finally:
                 self.running.pop(job_id, None)
 
@@ -186,6 +191,7 @@ class WorkerService:
     async def _open_run(
         self, queue: str, job: Job, job_id: str, tenant_id: str | None, attempt: int, trigger: str
     ) -> int:
+        await self._close_unclosed()
         async with self.rt.unit_of_work() as session:
             lost = await runs.close_lost_runs(session, job_id=job_id, queue=queue)
             if lost:
@@ -209,8 +215,15 @@ class WorkerService:
         try:
             async with self.rt.unit_of_work() as session:
                 await runs.finish_run(session, run_id, status=status, error=error, stats=stats)
-        except Exception as exc:  # the DB may be down: the next attempt or the reaper closes it
+        except Exception as exc:  # the DB may be down: written again once it is back
+            self._unclosed[run_id] = (status, error, stats)
             log.warning("jobrun.close_failed", run_id=run_id, error=error_text(exc))
+
+    async def _close_unclosed(self) -> None:
+        for run_id, (status, error, stats) in list(self._unclosed.items()):
+            async with self.rt.unit_of_work() as session:
+                await runs.finish_run(session, run_id, status=status, error=error, stats=stats)
+            del self._unclosed[run_id]
 
     async def _run(self, handler: Handler, ctx: JobContext, tenant_id: str | None) -> Any:
         started = time.monotonic()
@@ -245,7 +258,11 @@ class WorkerService:
             log.warning(
                 "job.failed", error=text, retry=not final, retryable=isinstance(exc, RetryableError)
             )
-            raise
+            if isinstance(exc, ErpSyncError):
+                raise
+            # BullMQ keeps str(exc) as the job's failedReason (Redis, Bull Board): the
+            # sentence, not a driver's message with its SQL statement and parameters.
+            raise ErpSyncError(text) from exc
         else:
             stats = result if isinstance(result, dict) else None
             await self._close_run(ctx.run_id, "COMPLETED", None, stats)
@@ -349,6 +366,7 @@ class WorkerService:
         while True:
             await asyncio.sleep(self.settings.stalled_interval_ms / 1000)
             try:
+                await self._close_unclosed()
                 await self.reap()
             except Exception as exc:
                 log.warning("worker.reaper_failed", error=error_text(exc))
@@ -378,6 +396,7 @@ class WorkerService:
         with contextlib.suppress(Exception):
             await heartbeat.forget(self.rt.redis, self.settings.queue_prefix, self.worker_id)
         await self.rt.close()
+        metrics.forget_process(self.settings.prometheus_multiproc_dir)
         log.info("worker.stopped")
 
 
@@ -398,4 +417,5 @@ async def run_worker(
     settings: Settings, handlers: dict[tuple[str, str], Handler] | None = None
 ) -> None:
     service = WorkerService(settings, handlers=handlers or dict(DEFAULT_HANDLERS))
-    await serve_until_signalled(service.start, service.stop)
+    with metrics.serving(settings.metrics_port, settings.host, error=ConfigError):
+        await serve_until_signalled(service.start, service.stop)

@@ -11,6 +11,7 @@ behind the other tenants' jobs (fairness).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -19,22 +20,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, text
 
-from erp_sync.connectors.base import STREAMS, Connector, ConnectorContext
+from erp_sync.connectors.base import STREAMS, Connector, ConnectorContext, Page
 from erp_sync.connectors.governor import Governor
 from erp_sync.connectors.registry import get_connector
 from erp_sync.errors import ConfigError, DataError, NotFound, PermanentError
+from erp_sync.kit import metrics
 from erp_sync.kit.locks import redis_lock
 from erp_sync.kit.logging import get_logger, redact_text
 from erp_sync.kit.time import utcnow
-from erp_sync.models import ErpConnection, QuarantinedRecord, SyncState
+from erp_sync.models import (
+    Customer,
+    ErpConnection,
+    Product,
+    QuarantinedRecord,
+    SalesOrder,
+    StockLevel,
+    SyncState,
+)
 from erp_sync.runtime import Runtime
 from erp_sync.sync import quarantine, writer
 from erp_sync.tenants import service
 
 log = get_logger(__name__)
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
+STORE_MODELS: dict[str, Any] = {
+    "products": Product,
+    "stock_levels": StockLevel,
+    "customers": Customer,
+    "sales_orders": SalesOrder,
+}
 
 
 @dataclass
@@ -76,6 +92,42 @@ class Budget:
         return time.monotonic() - self.started > self.seconds
 
 
+_END = object()
+
+
+async def prefetch(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
+    """Read the next pages while the current one is written: the ERP's latency and the
+    database's overlap instead of adding up. Errors arrive in order, after the pages
+    read before them."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+
+    async def pump() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+            await queue.put(_END)
+        except Exception as exc:
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        aclose = getattr(pages, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
 def map_record(
     connector: Connector, stream: str, raw: Any
 ) -> tuple[writer.Row | None, tuple[str | None, Any, str] | None]:
@@ -113,6 +165,10 @@ class TenantSync:
         self.budget = budget
         self.connection_id = ""
         self.provider = ""
+        self._analyzed: dict[str, int] = {}
+        # Streams whose table held nothing of this connection when the run began: their
+        # pages skip the lookup of stored hashes until a repeated page collides.
+        self._first_load: dict[str, bool] = {}
 
     async def _load(self) -> tuple[ErpConnection, dict[str, Any]]:
         async with self.rt.unit_of_work() as session:
@@ -226,6 +282,16 @@ class TenantSync:
                 session.add(state)
             return state
 
+    async def _has_rows(self, stream: str) -> bool:
+        model = STORE_MODELS[stream]
+        async with self.rt.unit_of_work() as session:
+            stmt = select(
+                exists().where(
+                    model.tenantId == self.tenant_id, model.connectionId == self.connection_id
+                )
+            )
+            return bool((await session.execute(stmt)).scalar())
+
     async def _has_quarantine(self, stream: str) -> bool:
         async with self.rt.unit_of_work() as session:
             stmt = select(
@@ -246,9 +312,10 @@ class TenantSync:
         full_run_id = state.fullRunId or (uuid.uuid4().hex if full else None)
         cursor = (state.fullCursor if resume_full else None) if full else state.cursor
         check_release = await self._has_quarantine(stream)
+        self._first_load[stream] = not await self._has_rows(stream)
         last_cursor = cursor
         try:
-            async for page in connector.read(stream, cursor, full=full):
+            async for page in prefetch(connector.read(stream, cursor, full=full)):
                 stats.pages += 1
                 stats.fetched += len(page.records)
                 await self._write_page(
@@ -286,6 +353,7 @@ class TenantSync:
                 if last_cursor is not None:
                     final.cursor = last_cursor
         stats.complete = True
+        metrics.count_records(self.provider, stream, deleted=stats.deleted)
         await self._record(stream, stats, error=None, success=True)
         return stats
 
@@ -308,7 +376,18 @@ class TenantSync:
             elif item is not None:
                 bad.append(item)
         async with self.rt.unit_of_work() as session:
-            counts = await writer.upsert(session, stream, self.tenant_id, self.connection_id, rows)
+            # No WAL flush wait per page: a page and its cursor commit together, so if
+            # PostgreSQL itself crashed and lost the last commits, both are gone and the
+            # next sync reads those pages again. Nothing is lost; each page is ~20x cheaper.
+            await session.execute(text("SET LOCAL synchronous_commit TO off"))
+            counts = await writer.upsert(
+                session,
+                stream,
+                self.tenant_id,
+                self.connection_id,
+                rows,
+                prefilter=not self._first_load.get(stream, False),
+            )
             await quarantine.quarantine(session, self.tenant_id, self.connection_id, stream, bad)
             if check_release and rows:
                 await quarantine.release(
@@ -329,10 +408,27 @@ class TenantSync:
                     state.fullCursor = cursor
             elif cursor is not None:
                 state.cursor = cursor
+        if counts.collided:
+            self._first_load[stream] = False
         stats.inserted += counts.inserted
         stats.updated += counts.updated
         stats.unchanged += counts.unchanged
         stats.quarantined += len(bad)
+        metrics.count_records(
+            self.provider, stream, fetched=len(records), inserted=counts.inserted,
+            updated=counts.updated, unchanged=counts.unchanged, quarantined=len(bad),
+        )  # fmt: skip
+        await self._analyze_if_grown(stream, stats.inserted)
+
+    async def _analyze_if_grown(self, stream: str, inserted: int) -> None:
+        """Refresh the planner's statistics as a first load grows the table: with stale
+        ones (a new tenant's rows "don't exist") PostgreSQL filters the page's ids instead
+        of looking them up in the key index, and each page costs a scan of the tenant."""
+        mark = self._analyzed.get(stream, 0)
+        if inserted < max(1000, mark * 4):
+            return
+        self._analyzed[stream] = inserted
+        await writer.analyze(self.rt.engine, stream)
 
     async def _record(
         self, stream: str, stats: StreamStats, *, error: str | None, success: bool

@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from erp_sync.canonical import Canonical, SalesOrder, SalesOrderLine
 
@@ -111,6 +112,8 @@ class WriteCounts:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    # New-looking rows already existed (a repeated page): the caller should look up first.
+    collided: bool = False
     written_ids: list[str] = field(default_factory=list)
 
 
@@ -186,7 +189,9 @@ async def upsert(
         return counts
 
     now = datetime.now(UTC)
-    fresh = {k: v for k, v in by_id.items() if k not in existing} if prefilter else {}
+    # Without the lookup (a first load: the caller knows the table holds nothing of this
+    # connection) every row is tried as new, and a collision falls back to the upsert.
+    fresh = {k: v for k, v in by_id.items() if k not in existing}
     changed = {k: v for k, v in by_id.items() if k not in fresh}
     if fresh:
         # New rows go straight into the table by COPY (as fast as PostgreSQL loads);
@@ -198,6 +203,7 @@ async def upsert(
             counts.written_ids.extend(fresh)
         except psycopg.errors.UniqueViolation:
             changed.update(fresh)
+            counts.collided = True
     if changed:
         stage = await _stage(driver, spec.table)
         await _copy_rows(driver, stage, spec, tenant_id, connection_id, changed, now)
@@ -331,3 +337,11 @@ async def sweep_deleted(
     deleted = cur.rowcount
     await driver.execute(b'DELETE FROM "SyncSeen" WHERE "fullRunId" = %s', (full_run_id,))
     return max(0, deleted)
+
+
+async def analyze(engine: AsyncEngine, stream: str) -> None:
+    """Refresh the planner's statistics of a stream's table (see the engine: a growing
+    first load needs them for the key lookups to stay index lookups)."""
+    async with engine.connect() as conn:
+        await conn.execute(text(f"ANALYZE {_q(SPECS[stream].table)}"))
+        await conn.commit()

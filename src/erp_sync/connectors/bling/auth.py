@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from erp_sync.connectors.base import ConnectorContext
 from erp_sync.connectors.http import ErpHttp
 from erp_sync.errors import ConfigError, ContractError, RetryableError
+from erp_sync.kit import metrics
 
 REFRESH_MARGIN = timedelta(minutes=5)
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
@@ -110,6 +111,9 @@ class TokenKeeper:
                     f"{LOCK_WAIT_S:g} s or more; trying again later",
                     retry_after=30,
                 ) from None
+            except Exception:
+                metrics.TOKEN_REFRESH_FAILURES.labels("bling").inc()
+                raise
 
     async def _refresh_locked(self, failed: str | None) -> None:
         stored = dict(await self.ctx.reload_credentials()) or self.raw
@@ -172,6 +176,7 @@ class TokenKeeper:
         self.raw, self.creds = new, self._parse(new)
         self._own = (access, timedelta(seconds=expires_in))
         self.refreshes += 1
+        metrics.TOKEN_REFRESHES.labels("bling").inc()
         if self.ctx.log is not None:
             self.ctx.log.info(
                 "bling.token_refreshed", account=self.account, expires_in=int(expires_in)

@@ -1,0 +1,109 @@
+"""Shared by the benchmarks: a sandbox ERP in its own process, a scratch database,
+appending a line to RESULTS.md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from erp_sync.migrations import upgrade
+from erp_sync.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SERVER = os.environ.get("BENCH_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+ERP_SYNC = str(Path(sys.executable).parent / "erp-sync")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def sandbox_process(*args: str) -> Iterator[str]:
+    """`erp-sync sandbox bling ...` in its own process; yields its root URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [ERP_SYNC, "sandbox", "bling", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{root}/__sandbox/truth/summary", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the sandbox did not start")
+            time.sleep(0.2)
+        yield root
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def tokens(root: str) -> dict[str, str]:
+    r = httpx.post(
+        f"{root}/Api/v3/oauth/token",
+        auth=("merxios-sandbox", "sandbox-secret"),
+        data={"grant_type": "authorization_code", "code": "sandbox-code"},
+        timeout=10,
+    )
+    r.raise_for_status()
+    body = r.json()
+    return {
+        "client_id": "merxios-sandbox",
+        "client_secret": "sandbox-secret",
+        "access_token": body["access_token"],
+        "refresh_token": body["refresh_token"],
+    }
+
+
+def fresh_database(name: str) -> str:
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        c.execute(f'CREATE DATABASE "{name}"'.encode())
+    url = f"{SERVER}/{name}"
+    upgrade(Settings(_env_file=None, database_url=url), create_database=False)
+    return url
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+def record(bench: str, data: str, throughput: str, ratios: str) -> str:
+    line = (
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {bench} | {data} | {throughput} | {ratios} "
+        f"| {platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} |"
+    )
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Benchmark results\n\nAppended by the scripts in bench/ (newest last). Ratios "
+            "are against a baseline measured in the same run; `load` is the 1-minute load "
+            "average when the run ended.\n\n"
+            "| when (UTC) | bench | data | throughput | ratios | machine |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+    with RESULTS.open("a") as f:
+        f.write(line + "\n")
+    print(line)
+    return line
