@@ -74,5 +74,5 @@ async def scrape(base_url: str) -> Scrape:
     async with httpx.AsyncClient(timeout=15) as client:
         r = await client.get(f"{base_url}/metrics")
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain"), r.headers
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8", r.headers
     return Scrape.parse(r.text)

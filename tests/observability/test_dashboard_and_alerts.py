@@ -159,15 +159,22 @@ def test_alert_rules_query_only_what_the_service_exports(exported: Scrape) -> No
     assert "erp_sync_workers_live" in rules["ErpSyncNoLiveWorker"]["expr"]
 
 
-def test_promtool_checks_and_unit_tests_the_rules() -> None:
+def test_promtool_checks_the_rules_and_the_exposition(exported: Scrape) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
         pytest.skip("promtool is not installed (apt-get install prometheus)")
-    for args in (["check", "rules", str(RULES)], ["test", "rules", str(RULE_TESTS)]):
+    for args, stdin in (
+        (["check", "rules", str(RULES)], None),
+        (["test", "rules", str(RULE_TESTS)], None),
+        # naming and format lint of what /metrics serves (silent when all is well)
+        (["check", "metrics"], exported.text),
+    ):
         r = subprocess.run(
-            [promtool, *args], capture_output=True, text=True, timeout=60, check=False
-        )
+            [promtool, *args], input=stdin, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "SUCCESS" in r.stdout
+        assert stdin is not None or "SUCCESS" in r.stdout, r.stdout
+        assert not r.stderr.strip(), r.stderr

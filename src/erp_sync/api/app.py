@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from erp_sync import __version__
 from erp_sync.admin import routes as admin_routes
-from erp_sync.api import health, metrics
+from erp_sync.api import health, metrics, problems
 from erp_sync.errors import ConfigError, DomainError, ErpSyncError, Invalid
 from erp_sync.jobs import routes as job_routes
 from erp_sync.jobs.queues import JobQueues
@@ -97,4 +97,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(status_routes.router)
     app.include_router(admin_routes.router)
+    app.openapi = problems.openapi_with_problems(app)  # type: ignore[method-assign]
     return app

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
     Counter,
     Histogram,
@@ -41,7 +41,9 @@ from prometheus_client.registry import Collector
 # `*_created` series double the output and are not aggregated in multiprocess mode.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format, which every Prometheus and agent reads (what prometheus_client
+# itself answers a scraper that asks for nothing in particular).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # -- counted where it happens ---------------------------------------------------------
 

@@ -69,8 +69,12 @@ async def quarantine(
 
 @router.post("/tenants/{tenant_id}/quarantine/retry", responses=NOT_FOUND)
 async def quarantine_retry(
-    tenant_id: TenantId, rt: RuntimeDep, stream: Annotated[str | None, Query(max_length=40)] = None
+    tenant_id: TenantId,
+    rt: RuntimeDep,
+    session: SessionDep,
+    stream: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, int]:
     """Map the quarantined records again with the current code (after a fix); the ones
     that now pass are written and leave the quarantine."""
+    await tenants.get_tenant(session, tenant_id)  # an unknown tenant is a 404, not a 503
     return await retry_quarantined(rt, tenant_id, stream=stream)

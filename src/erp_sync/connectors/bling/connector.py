@@ -41,7 +41,7 @@ from erp_sync.connectors.bling.mapping import (
     stock_external_id,
     to_canonical,
 )
-from erp_sync.connectors.http import ErpHttp, ErpResponse
+from erp_sync.connectors.http import REQUEST_DEADLINE_S, ErpHttp, ErpResponse
 from erp_sync.errors import ConfigError, ContractError, PermanentError
 
 DEFAULT_BASE_URL = "https://api.bling.com.br/Api/v3"
@@ -51,6 +51,10 @@ PAGE_SIZE = 100
 # job's backoff takes over.
 HTTP_ATTEMPTS = 10
 MAX_RETRY_WAIT_S = 10.0
+# Endless paging (a server that answers every page, whatever ``pagina`` says) must end:
+# no Bling list holds more than this many records, nor more warehouse pages than these.
+MAX_LIST_RECORDS = 10_000_000
+MAX_WAREHOUSE_PAGES = 100
 
 
 class BlingSettings(BaseModel):
@@ -67,6 +71,9 @@ class BlingSettings(BaseModel):
     # The governor's pace: Bling's published 3 requests/s unless set (0 = unlimited, for
     # a local sandbox); see Connector.rate_limits.
     rate_limit_per_second: float | None = Field(default=None, ge=0)
+    # The longest one call may take, answer included (a slow-loris answer trickling
+    # bytes never trips the read timeout).
+    request_deadline_s: float = Field(default=REQUEST_DEADLINE_S, gt=0, le=3600)
 
     @field_validator("base_url")
     @classmethod
@@ -115,6 +122,23 @@ def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     return leaves[0]
 
 
+def _check_paging(path: str, page: int, items: list[Any], previous: list[Any] | None) -> None:
+    """Refuse a list whose paging never ends: page ``page`` repeating the page before it
+    (a server ignoring ``pagina``), or more pages than any Bling list has."""
+    if page * PAGE_SIZE > MAX_LIST_RECORDS or (
+        path == "/depositos" and page > MAX_WAREHOUSE_PAGES
+    ):
+        raise ContractError(
+            f"Bling answered page {page} of GET {path} with records still: its paging "
+            "does not end"
+        )
+    if previous is not None and page > 1 and items == previous:
+        raise ContractError(
+            f"Bling answered page {page} of GET {path} with the same records as page "
+            f"{page - 1}: it ignores the page number"
+        )
+
+
 class BlingConnector(Connector):
     provider: ClassVar[str] = "bling"
     limits: ClassVar[RateLimits] = RateLimits(per_second=3, per_day=120_000)
@@ -140,6 +164,7 @@ class BlingConnector(Connector):
             attempts=HTTP_ATTEMPTS,
             max_retry_wait_s=MAX_RETRY_WAIT_S,
             headers={"Accept": "application/json"},
+            deadline_s=self.settings.request_deadline_s,
         )
         self.auth = TokenKeeper(ctx, self.http, self.account)
         self._warehouse_names: dict[int, str] | None = None
@@ -283,6 +308,12 @@ class BlingConnector(Connector):
             return 0
         low, high = 1, 2  # a record at position low; none known at high yet
         while await exists(high):
+            if high > MAX_LIST_RECORDS:
+                raise ContractError(
+                    f"Bling lists more than {MAX_LIST_RECORDS:,} records at GET "
+                    f"{spec.list_path}: its paging does not end (a page past the last "
+                    "must be empty)"
+                )
             low, high = high, high * 2
         while high - low > 1:
             middle = (low + high) // 2
@@ -295,6 +326,7 @@ class BlingConnector(Connector):
     async def _read_windows(
         self, stream: str, spec: StreamSpec, state: cur.InWindow
     ) -> AsyncIterator[Page]:
+        previous: list[Any] | None = None
         while True:
             params = {
                 **spec.list_params,
@@ -306,6 +338,8 @@ class BlingConnector(Connector):
                 params["dataAlteracaoFinal"] = cur.fmt(state.end)
             items = await self._list(spec.list_path, params)
             if items:
+                _check_paging(spec.list_path, state.page, items, previous)
+                previous = items
                 records = await self._expand(stream, spec, items)
                 state = replace(state, page=state.page + 1)
                 yield Page(records, state.dump())
@@ -314,6 +348,7 @@ class BlingConnector(Connector):
                 break
             start, end = next(cur.windows(state.end + cur.SECOND, state.until))
             state = cur.InWindow(start, end, 1, state.until)
+            previous = None
         yield Page([], cur.Done(state.until).dump())
 
     async def _expand(self, stream: str, spec: StreamSpec, items: list[Any]) -> list[Any]:
@@ -351,8 +386,11 @@ class BlingConnector(Connector):
         if self._warehouse_names is None:
             names: dict[int, str] = {}
             page = 1
+            previous: list[Any] | None = None
             while True:
                 rows = await self._list("/depositos", {"pagina": page, "limite": PAGE_SIZE})
+                _check_paging("/depositos", page, rows, previous)
+                previous = rows
                 for row in rows:
                     if isinstance(row, dict) and isinstance(row.get("id"), int):
                         names[row["id"]] = str(row.get("descricao") or "")
