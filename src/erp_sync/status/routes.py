@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from erp_sync.api.deps import RuntimeDep, SessionDep, require_token
+from erp_sync.errors import ConfigError, Conflict
 from erp_sync.jobs.queues import JobQueues
 from erp_sync.jobs.routes import QueuesDep
 from erp_sync.jobs.scheduler import next_runs
@@ -67,7 +68,10 @@ async def quarantine(
     )
 
 
-@router.post("/tenants/{tenant_id}/quarantine/retry", responses=NOT_FOUND)
+@router.post(
+    "/tenants/{tenant_id}/quarantine/retry",
+    responses={**NOT_FOUND, 409: {"description": "the tenant has no usable ERP connection"}},
+)
 async def quarantine_retry(
     tenant_id: TenantId,
     rt: RuntimeDep,
@@ -77,4 +81,7 @@ async def quarantine_retry(
     """Map the quarantined records again with the current code (after a fix); the ones
     that now pass are written and leave the quarantine."""
     await tenants.get_tenant(session, tenant_id)  # an unknown tenant is a 404, not a 503
-    return await retry_quarantined(rt, tenant_id, stream=stream)
+    try:
+        return await retry_quarantined(rt, tenant_id, stream=stream)
+    except ConfigError as exc:  # no usable connection: the tenant's state, not an outage
+        raise Conflict(str(exc)) from None

@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from erp_sync.errors import Conflict, NotFound
+from erp_sync.connectors.registry import get_connector
+from erp_sync.errors import ConfigError, Conflict, Invalid, NotFound
 from erp_sync.kit.crypto import Box
 from erp_sync.kit.logging import get_logger, register_secrets_in
 from erp_sync.models import ErpConnection, Tenant
@@ -128,6 +129,10 @@ async def set_connection(
     """Create or replace the tenant's connection. New credentials reset the status to ACTIVE
     (the operator re-authorised); omitted credentials keep the stored ones."""
     tenant = await get_tenant(session, tenant_id, for_update=True)
+    try:
+        get_connector(data.provider)  # no connection to an ERP no connector speaks
+    except ConfigError as exc:
+        raise Invalid(str(exc), field="provider") from None
     conn = tenant.connection
     if conn is None:
         conn = ErpConnection(tenantId=tenant.id, provider=data.provider, settings=data.settings)
