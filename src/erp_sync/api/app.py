@@ -66,6 +66,16 @@ def _outage(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=503)
 
 
+def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+    # PostgreSQL refused a value of the request (a NUL character, a number out of range):
+    # the caller's input, not our bug. The value is not echoed: it may be a secret.
+    log.info("request.unstorable_value", path=request.url.path, error=type(exc).__name__)
+    return JSONResponse(
+        {"detail": "a value in the request cannot be stored (a NUL character, or out of range)"},
+        status_code=422,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -91,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ErpSyncError, _service_error)
     for outage in (sa_exc.OperationalError, sa_exc.InterfaceError, RedisError):
         app.add_exception_handler(outage, _outage)
+    app.add_exception_handler(sa_exc.DataError, _unstorable)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(tenant_routes.router)

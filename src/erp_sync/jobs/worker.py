@@ -110,6 +110,14 @@ return 0
 """
 
 
+def _cause(exc: BaseException) -> BaseException | None:
+    """What BullMQ may keep of a failure. It stores str(error) as the job's failedReason
+    and the formatted chain as its stacktrace, in Redis and on Bull Board: jobs fail with
+    the redacted sentence, chained to the original only when its message is ours (an
+    ERP's answer, or job data, may echo a credential)."""
+    return None if isinstance(exc, ErpSyncError | ValidationError) else exc
+
+
 def backoff_ms(settings: Settings, attempts_made: int, err: BaseException | None) -> int:
     """Capped exponential with ±20 % jitter, or the ERP's Retry-After when it gave one."""
     cap = settings.job_backoff_max_ms
@@ -246,23 +254,23 @@ class WorkerService:
             await self._close_run(ctx.run_id, "FAILED", text, None)
             await self._after_failure(ctx, tenant_id, text)
             log.warning("job.failed", error=text, permanent=True)
-            raise UnrecoverableError(text) from exc
+            raise UnrecoverableError(text) from _cause(exc)
         except Exception as exc:
             text = error_text(exc)
             await self._close_run(ctx.run_id, "FAILED", text, None)
             if await self._after_failure(ctx, tenant_id, text):
                 log.warning("job.failed", error=text, retry=False, paused=True)
-                raise UnrecoverableError(f"{text} (tenant paused: too many failures)") from exc
+                raise UnrecoverableError(f"{text} (tenant paused: too many failures)") from _cause(
+                    exc
+                )
             attempts = int(ctx.job.opts.get("attempts") or 1)
             final = ctx.attempt >= attempts
             log.warning(
                 "job.failed", error=text, retry=not final, retryable=isinstance(exc, RetryableError)
             )
-            if isinstance(exc, ErpSyncError):
-                raise
-            # BullMQ keeps str(exc) as the job's failedReason (Redis, Bull Board): the
-            # sentence, not a driver's message with its SQL statement and parameters.
-            raise ErpSyncError(text) from exc
+            if isinstance(exc, RetryableError):
+                raise RetryableError(text, retry_after=exc.retry_after) from None
+            raise ErpSyncError(text) from _cause(exc)
         else:
             stats = result if isinstance(result, dict) else None
             await self._close_run(ctx.run_id, "COMPLETED", None, stats)

@@ -125,12 +125,9 @@ def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
 def _check_paging(path: str, page: int, items: list[Any], previous: list[Any] | None) -> None:
     """Refuse a list whose paging never ends: page ``page`` repeating the page before it
     (a server ignoring ``pagina``), or more pages than any Bling list has."""
-    if page * PAGE_SIZE > MAX_LIST_RECORDS or (
-        path == "/depositos" and page > MAX_WAREHOUSE_PAGES
-    ):
+    if page * PAGE_SIZE > MAX_LIST_RECORDS or (path == "/depositos" and page > MAX_WAREHOUSE_PAGES):
         raise ContractError(
-            f"Bling answered page {page} of GET {path} with records still: its paging "
-            "does not end"
+            f"Bling answered page {page} of GET {path} with records still: its paging does not end"
         )
     if previous is not None and page > 1 and items == previous:
         raise ContractError(
