@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from erp_sync.connectors.base import Page
 from erp_sync.jobs.names import SYNC_QUEUE
 from erp_sync.jobs.queues import JobQueues
 from erp_sync.jobs.service import trigger_sync
@@ -25,7 +26,7 @@ from erp_sync.models import ErpConnection, JobRun
 from erp_sync.runtime import Runtime
 from erp_sync.sandbox.bling import RunningSandbox
 from erp_sync.settings import Settings
-from erp_sync.sync.engine import sync_tenant
+from erp_sync.sync.engine import MappedPage, PageFeed, sync_tenant
 from tests.bling_support import start_sandbox
 from tests.conftest import ROOT
 from tests.jobs.helpers import add_tenant, wait_until
@@ -331,3 +332,71 @@ async def test_a_large_tenant_yields_to_the_others(
         assert sum(1 for t, _ in order if t == "big") >= 2
         assert count(clean_db, "Product", tenant="big") == 400
         assert stored_products(clean_db, "big") == expected_products(big)
+
+
+# ---------------------------------------------------------------- group commit
+
+
+def _pages(n: int, size: int, error: Exception | None = None) -> Any:
+    async def gen() -> Any:
+        for i in range(n):
+            yield Page([{"id": i * size + j} for j in range(size)], {"page": i})
+            await asyncio.sleep(0)
+        if error is not None:
+            raise error
+
+    return gen()
+
+
+def _as_mapped(page: Any) -> Any:
+    return MappedPage([], [], page.cursor, len(page.records))
+
+
+async def test_pages_waiting_behind_a_slow_write_share_one_transaction() -> None:
+    """When the ERP answers faster than the database writes, the pages already read go
+    in one write (capped), in order, and the last cursor is the last page's."""
+    feed = PageFeed(_pages(12, 100), _as_mapped, depth=10)
+    try:
+        await asyncio.sleep(0.05)  # a slow write: the reader fills the read-ahead
+        first = await feed.batch(max_records=500)
+        assert first is not None
+        assert [p.cursor for p in first] == [{"page": i} for i in range(5)]
+        batches = [first]
+        while (batch := await feed.batch(max_records=500)) is not None:
+            assert sum(p.fetched for p in batch) <= 500
+            batches.append(batch)
+    finally:
+        await feed.aclose()
+    cursors = [p.cursor for b in batches for p in b]
+    assert cursors == [{"page": i} for i in range(12)]  # every page once, in order
+
+
+async def test_an_error_after_some_pages_comes_after_those_pages_are_written() -> None:
+    feed = PageFeed(_pages(3, 10, error=RuntimeError("ERP broke")), _as_mapped, depth=10)
+    try:
+        await asyncio.sleep(0.05)
+        batch = await feed.batch()
+        assert batch is not None and [p.cursor for p in batch] == [{"page": i} for i in range(3)]
+        with pytest.raises(RuntimeError, match="ERP broke"):
+            await feed.batch()
+    finally:
+        await feed.aclose()
+
+
+async def test_a_slow_erp_commits_every_page_alone() -> None:
+    """Pages that arrive one at a time are written one at a time (a crash then repeats
+    at most one page)."""
+
+    async def slow() -> Any:
+        for i in range(4):
+            await asyncio.sleep(0.02)
+            yield Page([{"id": i}], {"page": i})
+
+    feed = PageFeed(slow(), _as_mapped)
+    sizes = []
+    try:
+        while (batch := await feed.batch()) is not None:
+            sizes.append(len(batch))
+    finally:
+        await feed.aclose()
+    assert sizes == [1, 1, 1, 1]

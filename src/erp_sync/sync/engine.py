@@ -2,8 +2,11 @@
 
 Per stream: read the cursor, pull pages, map and validate each record (bad ones go to
 quarantine with the reason), upsert the page and save the cursor that covers it in one
-transaction, report progress. A crash repeats at most the page in flight, and the upsert
-makes the repeat harmless. A full sync also marks rows the ERP no longer lists as
+transaction, report progress. Pages are read and mapped ahead while the previous write
+runs; pages already waiting when a write starts share its transaction (group commit,
+at most WRITE_BATCH_RECORDS records), so a crash repeats at most the write in flight:
+one page while the ERP is the slower side (always, under an ERP's rate limit), a few
+when it answers faster than PostgreSQL writes. The upsert makes the repeat harmless. A full sync also marks rows the ERP no longer lists as
 deleted, once the whole stream has been read (resumable: the ids seen so far are kept).
 A job works for a bounded time, then saves where it stands and asks to be continued
 behind the other tenants' jobs (fairness).
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import exists, select, text
+from sqlalchemy import exists, select, text, update
 
 from erp_sync.connectors.base import STREAMS, Connector, ConnectorContext, Page
 from erp_sync.connectors.governor import Governor
@@ -93,36 +96,72 @@ class Budget:
 
 
 _END = object()
+# One write takes the pages already read and mapped, up to this many records: while
+# the ERP is the slower side every page commits alone; when it answers faster than
+# PostgreSQL writes, the waiting pages share one transaction (group commit) instead of
+# paying a transaction each.
+WRITE_BATCH_RECORDS = 1000
+READ_AHEAD_PAGES = 10
 
 
-async def prefetch(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
-    """Read the next pages while the current one is written: the ERP's latency and the
-    database's overlap instead of adding up. Errors arrive in order, after the pages
-    read before them."""
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+@dataclass
+class MappedPage:
+    rows: list[writer.Row]
+    bad: list[tuple[str | None, Any, str]]
+    cursor: dict[str, Any] | None
+    fetched: int
 
-    async def pump() -> None:
+
+class PageFeed:
+    """Reads and maps pages ahead of the writer: the ERP's latency, the mapping and the
+    database's writes overlap instead of adding up. Errors arrive in order, after the
+    pages read before them."""
+
+    def __init__(
+        self,
+        pages: AsyncIterator[Page],
+        map_page: Callable[[Page], MappedPage],
+        depth: int = READ_AHEAD_PAGES,
+    ) -> None:
+        self._pages = pages
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+        self._held: Any = None  # the end or an error, met while taking a batch
+        self._task = asyncio.create_task(self._pump(map_page))
+
+    async def _pump(self, map_page: Callable[[Page], MappedPage]) -> None:
         try:
-            async for page in pages:
-                await queue.put(page)
-            await queue.put(_END)
+            async for page in self._pages:
+                await self._queue.put(map_page(page))
+            await self._queue.put(_END)
         except Exception as exc:
-            await queue.put(exc)
+            await self._queue.put(exc)
 
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        task.cancel()
+    async def batch(self, max_records: int = WRITE_BATCH_RECORDS) -> list[MappedPage] | None:
+        """The next page, with those already waiting behind it up to ``max_records``;
+        None at the end of the stream."""
+        item = self._held if self._held is not None else await self._queue.get()
+        self._held = None
+        if item is _END:
+            self._held = _END
+            return None
+        if isinstance(item, Exception):
+            raise item
+        pages = [item]
+        size = item.fetched
+        while size < max_records and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is _END or isinstance(item, Exception):
+                self._held = item
+                break
+            pages.append(item)
+            size += item.fetched
+        return pages
+
+    async def aclose(self) -> None:
+        self._task.cancel()
         with contextlib.suppress(BaseException):
-            await task
-        aclose = getattr(pages, "aclose", None)
+            await self._task
+        aclose = getattr(self._pages, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(Exception):
                 await aclose()
@@ -147,7 +186,18 @@ def map_record(
     except (DataError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
         return None, (external_id, raw, f"{type(exc).__name__}: {exc}"[:2000])
     version = getattr(connector, "mapping_version", "")
-    return writer.Row(record, raw, writer.content_hash(raw, version)), None
+    return writer.Row.of(record, raw, version), None
+
+
+def map_page(connector: Connector, stream: str, page: Page) -> MappedPage:
+    mapped = MappedPage([], [], page.cursor, len(page.records))
+    for raw in page.records:
+        row, item = map_record(connector, stream, raw)
+        if row is not None:
+            mapped.rows.append(row)
+        elif item is not None:
+            mapped.bad.append(item)
+    return mapped
 
 
 class TenantSync:
@@ -314,15 +364,18 @@ class TenantSync:
         check_release = await self._has_quarantine(stream)
         self._first_load[stream] = not await self._has_rows(stream)
         last_cursor = cursor
+        feed = PageFeed(
+            connector.read(stream, cursor, full=full),
+            lambda page: map_page(connector, stream, page),
+        )
         try:
-            async for page in prefetch(connector.read(stream, cursor, full=full)):
-                stats.pages += 1
-                stats.fetched += len(page.records)
-                await self._write_page(
-                    connector, stream, page.records, page.cursor, full_run_id, stats, check_release
+            while (pages := await feed.batch()) is not None:
+                stats.pages += len(pages)
+                stats.fetched += sum(p.fetched for p in pages)
+                await self._write_pages(stream, pages, full_run_id, stats, check_release)
+                last_cursor = next(
+                    (p.cursor for p in reversed(pages) if p.cursor is not None), last_cursor
                 )
-                if page.cursor is not None:
-                    last_cursor = page.cursor
                 await self.progress(
                     {
                         "stream": stream,
@@ -340,6 +393,8 @@ class TenantSync:
                 stream, stats, error=redact_text(str(exc)) or type(exc).__name__, success=False
             )
             raise
+        finally:
+            await feed.aclose()
         async with self.rt.unit_of_work() as session:
             final = await session.get(SyncState, (self.tenant_id, stream), with_for_update=True)
             assert final is not None
@@ -357,24 +412,19 @@ class TenantSync:
         await self._record(stream, stats, error=None, success=True)
         return stats
 
-    async def _write_page(
+    async def _write_pages(
         self,
-        connector: Connector,
         stream: str,
-        records: list[Any],
-        cursor: dict[str, Any] | None,
+        pages: list[MappedPage],
         full_run_id: str | None,
         stats: StreamStats,
         check_release: bool,
     ) -> None:
-        rows: list[writer.Row] = []
-        bad: list[tuple[str | None, Any, str]] = []
-        for raw in records:
-            row, item = map_record(connector, stream, raw)
-            if row is not None:
-                rows.append(row)
-            elif item is not None:
-                bad.append(item)
+        """Pages and the cursor after the last of them, in one transaction."""
+        rows = [row for page in pages for row in page.rows]
+        bad = [item for page in pages for item in page.bad]
+        cursor = next((p.cursor for p in reversed(pages) if p.cursor is not None), None)
+        fetched = sum(p.fetched for p in pages)
         async with self.rt.unit_of_work() as session:
             # No WAL flush wait per page: a page and its cursor commit together, so if
             # PostgreSQL itself crashed and lost the last commits, both are gone and the
@@ -400,14 +450,24 @@ class TenantSync:
             if full_run_id:
                 seen = [r.record.externalId for r in rows] + [i[0] for i in bad if i[0]]
                 await writer.mark_seen(session, full_run_id, seen)
-            state = await session.get(SyncState, (self.tenant_id, stream), with_for_update=True)
-            assert state is not None
+            values: dict[str, Any] = {}
             if full_run_id:
-                state.fullRunId = full_run_id
+                values["fullRunId"] = full_run_id
                 if cursor is not None:
-                    state.fullCursor = cursor
+                    values["fullCursor"] = cursor
             elif cursor is not None:
-                state.cursor = cursor
+                values["cursor"] = cursor
+            if values:
+                moved = await session.execute(
+                    update(SyncState)
+                    .where(SyncState.tenantId == self.tenant_id, SyncState.stream == stream)
+                    .values(values)
+                )
+                if not moved.rowcount:  # type: ignore[attr-defined]
+                    raise PermanentError(
+                        f"the sync state of tenant {self.tenant_id} was removed during the "
+                        "sync (tenant or connection deleted)"
+                    )
         if counts.collided:
             self._first_load[stream] = False
         stats.inserted += counts.inserted
@@ -415,7 +475,7 @@ class TenantSync:
         stats.unchanged += counts.unchanged
         stats.quarantined += len(bad)
         metrics.count_records(
-            self.provider, stream, fetched=len(records), inserted=counts.inserted,
+            self.provider, stream, fetched=fetched, inserted=counts.inserted,
             updated=counts.updated, unchanged=counts.unchanged, quarantined=len(bad),
         )  # fmt: skip
         await self._analyze_if_grown(stream, stats.inserted)

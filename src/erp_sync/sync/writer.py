@@ -14,9 +14,9 @@ together. Keys always come from the job (tenant, connection), never from ERP dat
 from __future__ import annotations
 
 import hashlib
+import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -94,10 +94,18 @@ LINE_COLUMNS = [
 ]  # fmt: skip
 
 
+def canonical_json(raw: dict[str, Any]) -> bytes:
+    """The raw payload as JSON with sorted keys: what is hashed, and what is stored."""
+    return orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def _hash(payload: bytes, version: str) -> bytes:
+    return hashlib.blake2b(version.encode() + payload, digest_size=16).digest()
+
+
 def content_hash(raw: dict[str, Any], version: str = "") -> bytes:
     """16-byte blake2b of the raw payload (sorted keys) and the mapping version."""
-    payload = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.blake2b(version.encode() + payload, digest_size=16).digest()
+    return _hash(canonical_json(raw), version)
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,13 @@ class Row:
     record: Canonical
     raw: dict[str, Any]
     hash: bytes
+    # The raw payload already serialised (by ``of``): COPY sends it as is.
+    raw_json: bytes | None = None
+
+    @classmethod
+    def of(cls, record: Canonical, raw: dict[str, Any], version: str = "") -> Row:
+        payload = canonical_json(raw)
+        return cls(record, raw, _hash(payload, version), payload)
 
 
 @dataclass
@@ -145,10 +160,14 @@ async def _stage(driver: psycopg.AsyncConnection[Any], table: str) -> str:
     return stage
 
 
-def _value(value: Any) -> Any:
-    if isinstance(value, float):  # never store floats: money and quantities are exact
-        return Decimal(str(value))
-    return value
+def _as_is(payload: bytes) -> bytes:
+    return payload
+
+
+def _jsonb(row: Row) -> Jsonb:
+    if row.raw_json is not None:
+        return Jsonb(row.raw_json, dumps=_as_is)
+    return Jsonb(row.raw)
 
 
 async def upsert(
@@ -245,7 +264,9 @@ async def _copy_rows(
     rows: dict[str, Row],
     now: datetime,
 ) -> None:
-    names = spec.names
+    # Canonical models hold Decimal for money and quantities (never float): their values
+    # go to COPY as they are.
+    values = operator.attrgetter(*spec.names)
     column_list = ", ".join(_q(c) for c in spec.all_columns)
     async with (
         driver.cursor() as cur,
@@ -253,14 +274,13 @@ async def _copy_rows(
     ):
         copy.set_types(spec.all_types)
         for external_id, row in rows.items():
-            data = row.record.__dict__
             await copy.write_row(
                 (
                     tenant_id,
                     connection_id,
                     external_id,
-                    *(_value(data[n]) for n in names),
-                    Jsonb(row.raw),
+                    *values(row.record),
+                    _jsonb(row),
                     row.hash,
                     row.record.sourceUpdatedAt,
                     now,

@@ -24,6 +24,7 @@ Cursors: see ``cursor.py``.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -55,6 +56,8 @@ MAX_RETRY_WAIT_S = 10.0
 # no Bling list holds more than this many records, nor more warehouse pages than these.
 MAX_LIST_RECORDS = 10_000_000
 MAX_WAREHOUSE_PAGES = 100
+# List pages read ahead when the account has no rate limit (a local sandbox).
+UNLIMITED_READ_AHEAD = 4
 
 
 class BlingSettings(BaseModel):
@@ -268,30 +271,40 @@ class BlingConnector(Connector):
             params = {**spec.list_params, "pagina": number, "limite": PAGE_SIZE}
             return asyncio.create_task(self._list(spec.list_path, params))
 
-        # One list page ahead: Bling answers the next page while this one's details are
+        # List pages ahead: Bling answers the next ones while this one's details are
         # fetched and the engine writes it (the order of pages is known in advance).
-        ahead = fetch(page) if page >= 1 else None
+        # One ahead under a rate limit (a page read ahead and dropped at the end of a
+        # job's time budget costs quota); more when there is no limit to respect.
+        depth = 1 if self.settings.rate_limit_per_second != 0 else UNLIMITED_READ_AHEAD
+        ahead: collections.deque[asyncio.Task[list[Any]]] = collections.deque()
+        next_page = page
         try:
-            while ahead is not None:
-                items = await ahead
+            while True:
+                while len(ahead) < depth and next_page >= 1:
+                    ahead.append(fetch(next_page))
+                    next_page -= 1
+                if not ahead:
+                    break
+                items = await ahead.popleft()
                 page -= 1
-                ahead = fetch(page) if page >= 1 else None
                 if not items:
                     continue
                 records = await self._expand(stream, spec, items)
-                if ahead is None:
+                if page < 1:
                     yield Page(records, cur.Done(until).dump())
                     return
                 yield Page(records, cur.InFull(page, until).dump())
             yield Page([], cur.Done(until).dump())
         finally:
-            if ahead is not None:
-                # A read stopped early (budget, crash, error) drops the page fetched ahead;
-                # its outcome is retrieved so no stray "exception never retrieved" is left.
-                ahead.cancel()
-                await asyncio.wait([ahead])
-                if not ahead.cancelled():
-                    ahead.exception()
+            # A read stopped early (budget, crash, error) drops the pages fetched ahead;
+            # their outcomes are retrieved so no stray "exception never retrieved" is left.
+            for task in ahead:
+                task.cancel()
+            if ahead:
+                await asyncio.wait(ahead)
+            for task in ahead:
+                if not task.cancelled():
+                    task.exception()
 
     async def _count(self, spec: StreamSpec) -> int:
         """How many records the list holds: one-record probes (``limite=1``), doubling
