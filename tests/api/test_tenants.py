@@ -173,3 +173,71 @@ async def test_openapi_is_served(api_client: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     assert "/api/v1/tenants/{tenant_id}/connection" in r.json()["paths"]
     assert (await api_client.get("/docs")).status_code == 200
+
+
+TRYTON = {"url": "http://erp.example/", "database": "acme"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (
+            {"provider": "bling", "settings": {"base_url": "ftp://erp.example"}},
+            "settings.base_url",
+            "must start with https://",
+        ),
+        (
+            {"provider": "bling", "settings": {"detail_concurrency": 500}},
+            "settings.detail_concurrency",
+            "less than or equal to 32",
+        ),
+        ({"provider": "bling", "settings": {"colour": "red"}}, "settings.colour", "Extra inputs"),
+        ({"provider": "tryton", "settings": {"database": "acme"}}, "settings.url", "required"),
+        (
+            {"provider": "tryton", "settings": TRYTON, "credentials": {"login": "sync"}},
+            "credentials.password",
+            "required",
+        ),
+        (
+            {"provider": "omie", "credentials": {"app_key": "k", "app_secret": ""}},
+            "credentials.app_secret",
+            "at least 1 character",
+        ),
+    ],
+)
+async def test_connection_settings_are_checked_by_the_connector_when_set(
+    api_client: httpx.AsyncClient, body: dict[str, object], field: str, words: str
+) -> None:
+    await api_client.post("/api/v1/tenants", json={"id": "acme", "name": "Acme"})
+    r = await api_client.put("/api/v1/tenants/acme/connection", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+    assert r.json()["detail"].startswith(f"{field}: ") and words in r.json()["detail"], r.text
+    # Nothing stored: the tenant still has no connection.
+    assert (await api_client.get("/api/v1/tenants/acme/connection")).status_code == 404
+
+
+async def test_a_refused_connection_change_keeps_the_stored_one_and_echoes_no_secret(
+    api_client: httpx.AsyncClient, clean_db: str
+) -> None:
+    secret = "Segredo-Que-Nao-Volta-31"
+    await api_client.post("/api/v1/tenants", json={"id": "acme", "name": "Acme"})
+    creds = {"login": "sync", "password": secret}
+    r = await api_client.put(
+        "/api/v1/tenants/acme/connection",
+        json={"provider": "tryton", "settings": TRYTON, "credentials": creds},
+    )
+    assert r.status_code == 200, r.text
+    for body in (
+        {"provider": "tryton", "settings": {**TRYTON, "page_size": 5}},
+        {"provider": "tryton", "settings": TRYTON, "credentials": {**creds, secret: secret}},
+        {"provider": "tryton", "settings": TRYTON, "credentials": {"login": secret}},
+    ):
+        r = await api_client.put("/api/v1/tenants/acme/connection", json=body)
+        assert r.status_code == 422, r.text
+        assert secret not in r.text
+    shown = (await api_client.get("/api/v1/tenants/acme/connection")).json()
+    assert shown["settings"] == TRYTON and shown["hasCredentials"] is True
+    with psycopg.connect(clean_db) as conn:
+        stored = conn.execute('SELECT credentials FROM "ErpConnection"').fetchone()[0]
+    assert Box(ENCRYPTION_KEY).decrypt_json(stored) == creds

@@ -25,6 +25,10 @@ COMMANDS = [
     ["tenants", "enable"],
     ["tenants", "set-schedule"],
     ["tenants", "set-connection"],
+    ["tokens"],
+    ["tokens", "create"],
+    ["tokens", "list"],
+    ["tokens", "revoke"],
 ]
 
 
@@ -108,6 +112,10 @@ def test_set_connection_from_a_file_stores_credentials_encrypted(
             ["tenants", "set-connection", "ghost", "--provider", "bling", "-s", "novalue"],
             "--setting takes KEY=VALUE",
         ),
+        (["tokens", "create", "ghost", "--name", "shop"], "tenant 'ghost' does not exist"),
+        (["tokens", "list", "ghost"], "tenant 'ghost' does not exist"),
+        (["tokens", "revoke", "no-such-token"], "token 'no-such-token' does not exist"),
+        (["tokens", "create", "ghost", "--name", " "], "name: String should have at least 1"),
     ],
 )
 def test_errors_are_one_line_without_traceback(
@@ -116,6 +124,22 @@ def test_errors_are_one_line_without_traceback(
     r = run_cli(settings, *args)
     assert r.returncode != 0
     assert words in _one_line_error(r)
+
+
+def test_a_connection_setting_the_connector_refuses_is_a_one_line_error(
+    settings: Settings,
+) -> None:
+    run_cli(settings, "tenants", "add", "Acme", "--id", "acme")
+    r = run_cli(
+        settings, "tenants", "set-connection", "acme", "--provider", "bling",
+        "-s", "base_url=ftp://erp.example", "-c", "client_id=app", "-c", "client_secret=s3cr3t-x",
+    )  # fmt: skip
+    assert r.returncode == 1
+    line = _one_line_error(r)
+    assert line.startswith("error: settings.base_url: must start with https://"), line
+    assert "s3cr3t-x" not in r.stdout + r.stderr
+    r = run_cli(settings, "tenants", "show", "acme")
+    assert "connection: none" in r.stdout
 
 
 def test_duplicate_tenant_is_a_one_line_error(settings: Settings) -> None:

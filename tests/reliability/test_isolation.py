@@ -2,11 +2,15 @@
 every externalId collides. A sync of one never writes, marks deleted or quarantines the
 other's rows, and the API's per-tenant queries answer only about the tenant asked for.
 
-API tokens are global today (one API_TOKEN for every tenant): a token cannot be scoped
-to a tenant, so there is no token isolation to test; docs/reliability.md says so."""
+Then A's own API token (made with `erp-sync tokens create`, as an operator would) goes
+through every operation the served OpenAPI document lists: A's routes answer about A,
+every route of B answers 404 exactly as an unknown tenant's does (whatever the method
+or body, and B is untouched afterwards), the list and job runs hold A only, operator
+routes answer 403, revoked and expired tokens 401; the database holds hashes only."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -20,9 +24,10 @@ from erp_sync.jobs.queues import JobQueues
 from erp_sync.jobs.service import trigger_sync
 from erp_sync.runtime import Runtime
 from erp_sync.settings import Settings
-from tests.conftest import API_TOKEN, REDIS_URL
+from tests.conftest import API_TOKEN, REDIS_URL, run_cli
 from tests.jobs.test_processes import worker_env
 from tests.reliability.support import (
+    EVIDENCE,
     Processes,
     SandboxProcess,
     add_bling_tenant,
@@ -71,6 +76,172 @@ def deleted(db: str, tenant: str) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+# What a tenant token may do beyond its own tenant's routes: nothing. These operations
+# are the operator's (403); the two listings below answer about its own tenant only.
+# A new operation must be placed in one of these sets, or name {tenant_id}.
+OPERATOR_ONLY = {
+    ("POST", "/api/v1/tenants"),
+    ("PATCH", "/api/v1/tenants/{tenant_id}"),
+    ("DELETE", "/api/v1/tenants/{tenant_id}"),
+    ("POST", "/api/v1/tenants/{tenant_id}/tokens"),
+    ("GET", "/api/v1/tenants/{tenant_id}/tokens"),
+    ("DELETE", "/api/v1/tenants/{tenant_id}/tokens/{token_id}"),
+    ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/queues"),
+}
+OWN_ONLY_LISTS = {("GET", "/api/v1/tenants"), ("GET", "/api/v1/job-runs")}
+
+
+def operations(api: str) -> list[tuple[str, str]]:
+    paths = httpx.get(f"{api}/openapi.json", timeout=30).json()["paths"]
+    return sorted(
+        (method.upper(), path)
+        for path, ops in paths.items()
+        if path.startswith("/api/")
+        for method in ops
+    )
+
+
+def body_for(method: str, path: str, connection: dict[str, Any]) -> dict[str, Any] | None:
+    return {
+        ("POST", "/api/v1/tenants"): {"id": "delta", "name": "Delta"},
+        ("PATCH", "/api/v1/tenants/{tenant_id}"): {"active": False},
+        ("PUT", "/api/v1/tenants/{tenant_id}/connection"): connection,
+        ("POST", "/api/v1/tenants/{tenant_id}/tokens"): {"name": "mine now"},
+    }.get((method, path))
+
+
+def call(
+    http: httpx.Client, method: str, path: str, tenant: str, token_id: str, body: Any
+) -> httpx.Response:
+    url = path.replace("{tenant_id}", tenant).replace("{token_id}", token_id)
+    return http.request(method, url, json=body)
+
+
+def tenant_token_sweep(api: str, db: str, settings: Settings) -> dict[str, Any]:
+    """A's token against every operation; returns the figures, asserts as it goes."""
+    r = run_cli(settings, "tokens", "create", "alpha", "--name", "alpha storefront")
+    assert r.returncode == 0, r.stderr
+    (token_a,) = [line for line in r.stdout.splitlines() if line.startswith("mxs_")]
+    EVIDENCE.secret("a tenant API token", token_a)
+    operator = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {API_TOKEN}"})
+    tenant_a = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token_a}"})
+    checks = 0
+    with operator, tenant_a:
+        made = operator.post("/api/v1/tenants/beta/tokens", json={"name": "beta bridge"})
+        assert made.status_code == 201, made.text
+        token_b = EVIDENCE.secret("a tenant API token", made.json()["token"])
+        beta_before = {
+            u: operator.get(u).json()
+            for u in ("/api/v1/tenants/beta", "/api/v1/tenants/beta/connection")
+        }
+        conn_a = operator.get("/api/v1/tenants/alpha/connection").json()
+        # A's settings, stored credentials kept: a harmless write for A, a takeover for B.
+        connection = {"provider": conn_a["provider"], "settings": conn_a["settings"]}
+
+        ops = operations(api)
+        unplaced = [
+            op
+            for op in ops
+            if op not in OPERATOR_ONLY | OWN_ONLY_LISTS and "{tenant_id}" not in op[1]
+        ]
+        assert not unplaced, f"decide what a tenant token may do with {unplaced}"
+        assert len(ops) >= 17, ops
+
+        for method, path in ops:
+            body = body_for(method, path, connection)
+            if "{tenant_id}" in path:
+                # B's route, and an unknown tenant's: the same 404, the same sentence.
+                beta = call(tenant_a, method, path, "beta", made.json()["id"], body)
+                ghost = call(tenant_a, method, path, "gamma", made.json()["id"], body)
+                assert (beta.status_code, ghost.status_code) == (404, 404), (method, path)
+                assert beta.json() == {"detail": "tenant 'beta' does not exist"}, beta.text
+                assert ghost.json() == {"detail": "tenant 'gamma' does not exist"}, ghost.text
+                checks += 2
+            if (method, path) in OPERATOR_ONLY:
+                r = call(tenant_a, method, path, "alpha", made.json()["id"], body)
+                assert r.status_code == 403, (method, path, r.status_code, r.text)
+                assert "operator's API_TOKEN" in r.json()["detail"]
+                checks += 1
+            elif "{tenant_id}" in path:
+                r = call(tenant_a, method, path, "alpha", made.json()["id"], body)
+                assert r.is_success, (method, path, r.status_code, r.text)
+                checks += 1
+        # A's connection: credentials only; where and how fast we connect is the operator's.
+        moved = {**connection, "settings": {**conn_a["settings"], "base_url": "http://10.0.0.1/"}}
+        kept = operator.get("/api/v1/tenants/alpha/connection").json()
+        r = tenant_a.put("/api/v1/tenants/alpha/connection", json=moved)
+        assert r.status_code == 403, r.text
+        assert operator.get("/api/v1/tenants/alpha/connection").json() == kept
+        # Even a body the API would refuse: B's route is a 404 before anything is read.
+        r = tenant_a.put(
+            "/api/v1/tenants/beta/connection",
+            json={"provider": "bling", "settings": {"base_url": "ftp://x"}},
+        )
+        assert r.status_code == 404
+
+        # A's reads answer what the operator's do for A.
+        for url in ("/api/v1/tenants/alpha/quarantine", "/api/v1/tenants/alpha/connection"):
+            assert tenant_a.get(url).json() == operator.get(url).json(), url
+        status = tenant_a.get("/api/v1/tenants/alpha/status").json()
+        assert status["tenantId"] == "alpha" and {s["stream"] for s in status["streams"]}
+        listed = tenant_a.get("/api/v1/tenants").json()
+        assert listed["total"] == 1 and [t["id"] for t in listed["items"]] == ["alpha"]
+        runs = tenant_a.get("/api/v1/job-runs", params={"limit": 1000}).json()
+        assert runs and {r["tenantId"] for r in runs} == {"alpha"}, runs
+        assert tenant_a.get("/api/v1/job-runs", params={"tenant": "beta"}).json() == []
+        everyone = operator.get("/api/v1/job-runs", params={"limit": 1000}).json()
+        assert {r["tenantId"] for r in everyone} >= {"alpha", "beta"}
+        checks += 7
+
+        # B is as it was, and B's own token still opens B.
+        for url, before in beta_before.items():
+            assert operator.get(url).json() == before, url
+        beta_self = httpx.get(
+            f"{api}/api/v1/tenants/beta", headers={"Authorization": f"Bearer {token_b}"}
+        )
+        assert beta_self.status_code == 200
+
+        # Revoked (API and CLI) and expired tokens: 401, like an unknown one.
+        spare = operator.post("/api/v1/tenants/alpha/tokens", json={"name": "spare"}).json()
+        expiring = operator.post(
+            "/api/v1/tenants/alpha/tokens", json={"name": "trial", "expiresInDays": 1}
+        ).json()
+        for t in (spare, expiring):
+            EVIDENCE.secret("a tenant API token", t["token"])
+            assert httpx.get(f"{api}/api/v1/tenants", headers=bearer(t["token"])).is_success
+        assert operator.delete(f"/api/v1/tenants/alpha/tokens/{spare['id']}").status_code == 204
+        with psycopg.connect(db, autocommit=True) as c:
+            c.execute(
+                """UPDATE "ApiToken" SET "expiresAt" = now() - interval '1 second'
+                   WHERE id = %s""",
+                (expiring["id"],),
+            )
+        cli_id = next(
+            t["id"]
+            for t in operator.get("/api/v1/tenants/alpha/tokens").json()["items"]
+            if t["name"] == "alpha storefront"
+        )
+        assert run_cli(settings, "tokens", "revoke", cli_id).returncode == 0
+        for t in (spare["token"], expiring["token"], token_a, "mxs_" + "0" * 43):
+            r = httpx.get(f"{api}/api/v1/tenants/alpha", headers=bearer(t))
+            assert r.status_code == 401 and r.json()["detail"] == "missing or wrong bearer token"
+            checks += 1
+
+    # Hashes only: no token, nor the secret part of one, anywhere in the database.
+    plain = [token_a, token_b or "", spare["token"], expiring["token"]]
+    with psycopg.connect(db) as c:
+        hashes = {str(r[0]) for r in c.execute('SELECT "tokenHash" FROM "ApiToken"').fetchall()}
+    assert hashes == {hashlib.sha256(t.encode()).hexdigest() for t in plain}
+    dump = dump_database(db, "isolation-tokens").read_text(errors="replace")
+    assert not [t for t in plain if t in dump or t[12:] in dump]
+    return {"token_checks": checks, "operations_swept": len(ops)}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def sync_and_wait(rt: Runtime, queues: JobQueues, tenant: str, full: bool) -> None:
@@ -137,6 +308,10 @@ async def test_a_sync_of_one_tenant_never_touches_the_other(
             status_b = http.get("/api/v1/tenants/beta/status").json()
             unknown = http.get("/api/v1/tenants/gamma/status")
 
+        # Tenant tokens: A's token against every operation of the API.
+        sweep = tenant_token_sweep(api, clean_db, fast)
+        b_after_sweep = fingerprint(clean_db, "beta")
+
     with psycopg.connect(clean_db) as c:
         bad_b = c.execute(
             'SELECT count(*) FROM "QuarantinedRecord" WHERE "tenantId" = %s', ("beta",)
@@ -153,10 +328,14 @@ async def test_a_sync_of_one_tenant_never_touches_the_other(
         tenant_b_rows=sum(n for n, _ in after_b.values()),
         notes=(
             "same seed on both sandboxes (every externalId collides); B with 5 % broken "
-            "records (quarantined for B only); API tokens are global (one API_TOKEN)"
+            "records (quarantined for B only); A's tenant token swept every operation of "
+            "the OpenAPI document: 404 for every route of B, 403 for operator routes, 401 "
+            "once revoked or expired"
         ),
+        **sweep,
     )
     assert after_b == before_b, {t: (before_b[t], after_b[t]) for t in TABLES}
+    assert b_after_sweep == after_b, {t: (after_b[t], b_after_sweep[t]) for t in TABLES}
     assert stored_a2 == truth_a2, stored_a2.diff(truth_a2)
     assert deleted_a == len(changes["products"]["deleted"]) > 0
     assert deleted_b == 0

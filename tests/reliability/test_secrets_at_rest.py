@@ -8,7 +8,8 @@ It runs last (``scans_evidence``) and scans what the other scenarios of the sess
 plus a run of its own made to put secrets in harm's way: an authorization code exchanged
 on first use, tokens expired and rotated, a refresh the ERP refuses (the connection is
 flagged with the ERP's error), credentials set through the API (and a malformed attempt),
-admin logins with the right and a wrong password, and DEBUG logging everywhere."""
+admin logins with the right and a wrong password, a tenant API token used, leaked into
+a URL and revoked, and DEBUG logging everywhere."""
 
 from __future__ import annotations
 
@@ -129,11 +130,23 @@ async def test_no_secret_in_any_dump_or_log(
             )
             assert bad.status_code == 422 and str(password) not in bad.text
             connection = http.get("/api/v1/tenants/vault/connection").json()
+            # A tenant token: shown once, then used, pasted into a URL (the access log
+            # writes URLs), and revoked. Stored as a hash; masked by its shape in logs.
+            made = http.post("/api/v1/tenants/vault/tokens", json={"name": "storefront"})
+            assert made.status_code == 201, made.text
+            tenant_token = EVIDENCE.secret("a tenant API token", made.json()["token"])
+            as_tenant = {"Authorization": f"Bearer {tenant_token}"}
+            assert http.get("/api/v1/tenants/vault/status", headers=as_tenant).is_success
+            http.get("/api/v1/tenants", params={"token": tenant_token}, headers=as_tenant)
+            http.delete(f"/api/v1/tenants/vault/tokens/{made.json()['id']}")
+            revoked = http.get("/api/v1/tenants/vault", headers=as_tenant)
+            assert revoked.status_code == 401 and str(tenant_token) not in revoked.text
+            listed = http.get("/api/v1/tenants/vault/tokens").text
             ok = http.get("/admin/queues", auth=("ops", admin_pass))
             wrong = http.get("/admin/queues", auth=("ops", admin_pass + "x"))
         assert ok.status_code == 200 and wrong.status_code == 401
         assert connection["status"] == "NEEDS_REAUTH", connection
-        for text in (r.text, str(connection), ok.text):
+        for text in (r.text, str(connection), ok.text, listed):
             assert not [s for s in EVIDENCE.secrets if len(s) >= 6 and s in text]
 
     dump_database(clean_db, "secrets")

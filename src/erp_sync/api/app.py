@@ -23,6 +23,7 @@ from erp_sync.runtime import open_runtime
 from erp_sync.settings import Settings, get_settings
 from erp_sync.status import routes as status_routes
 from erp_sync.tenants import routes as tenant_routes
+from erp_sync.tokens import routes as token_routes
 
 log = get_logger(__name__)
 
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(tenant_routes.router)
+    app.include_router(token_routes.router)
     app.include_router(job_routes.router)
     app.include_router(status_routes.router)
     app.include_router(admin_routes.router)

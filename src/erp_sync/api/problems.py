@@ -36,7 +36,7 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 COMMON = {
-    "401": "missing or wrong bearer token",
+    "401": "missing, wrong, revoked or expired bearer token",
     "503": "PostgreSQL, Redis or the queue is unavailable; the detail says which",
 }
 
@@ -69,6 +69,11 @@ def openapi_with_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
                     responses.setdefault(
                         code, {"description": description, "content": _ref("Problem")}
                     )
+                # The routes' own 4xx (404 unknown tenant, 403 operator only, 409...)
+                # are problems too.
+                for code, response in responses.items():
+                    if str(code).startswith("4") and "content" not in response:
+                        response["content"] = _ref("Problem")
         app.openapi_schema = schema
         return schema
 

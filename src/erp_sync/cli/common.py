@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from erp_sync.kit.logging import configure_logging, redact_text
@@ -15,6 +16,7 @@ from erp_sync.runtime import Runtime, runtime
 from erp_sync.settings import Settings, get_settings
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 # Piped output (scripts, logs) gets wide tables instead of rich's 80-column default.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -23,6 +25,16 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"error: {redact_text(message)}", markup=False)
     raise typer.Exit(code)
+
+
+def parse_model(cls: type[M], **data: Any) -> M:
+    """The options as ``cls``, or one line naming the field at fault (omitted: None)."""
+    try:
+        return cls(**{k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        fail(f"{field}: {err['msg'].removeprefix('Value error, ')}")
 
 
 def settings(*, service: bool = False) -> Settings:

@@ -14,6 +14,7 @@ from erp_sync.cli import jobs as jobs_cli
 from erp_sync.cli import status as status_cli
 from erp_sync.cli.sandbox import sandbox_app
 from erp_sync.cli.tenants import tenants_app
+from erp_sync.cli.tokens import tokens_app
 from erp_sync.errors import ConfigError, ErpSyncError
 from erp_sync.kit.crypto import generate_key
 from erp_sync.kit.logging import redact_text
@@ -27,6 +28,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(jobs_cli.queues_app, name="queues")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(status_cli.quarantine_app, name="quarantine")

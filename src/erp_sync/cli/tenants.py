@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from erp_sync.cli import common
@@ -16,15 +15,6 @@ from erp_sync.tenants.schemas import ConnectionIn, TenantCreate, TenantOut, Tena
 tenants_app = typer.Typer(
     help="Create, list and change tenants and their ERP connection.", no_args_is_help=True
 )
-
-
-def _model(cls: Any, **data: Any) -> Any:
-    try:
-        return cls(**{k: v for k, v in data.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        common.fail(f"{field}: {err['msg'].removeprefix('Value error, ')}")
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, Any]:
@@ -69,7 +59,7 @@ def add(
     inactive: Annotated[bool, typer.Option("--inactive", help="Create it disabled")] = False,
 ) -> None:
     """Create a tenant."""
-    data = _model(
+    data = common.parse_model(
         TenantCreate,
         id=tenant_id,
         name=name,
@@ -160,7 +150,7 @@ def set_schedule(
     schedule: Annotated[str, typer.Argument(help="Cron expression, e.g. '*/15 * * * *'")],
 ) -> None:
     """Change when a tenant syncs."""
-    data = _model(TenantUpdate, schedule=schedule)
+    data = common.parse_model(TenantUpdate, schedule=schedule)
     tenant = _update(tenant_id, data)
     common.console.print(f"tenant {tenant_id} now syncs at {tenant.schedule}", markup=False)
 
@@ -197,7 +187,7 @@ def set_connection(
         creds = loaded
     if credential:
         creds = {**(creds or {}), **_pairs(credential, "--credential")}
-    data = _model(
+    data = common.parse_model(
         ConnectionIn, provider=provider, settings=_pairs(setting, "--setting"), credentials=creds
     )
 

@@ -4,7 +4,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from erp_sync.api.deps import RuntimeDep, SessionDep, require_token
+from erp_sync.api.deps import (
+    FORBIDDEN,
+    PrincipalDep,
+    RuntimeDep,
+    SessionDep,
+    require_operator,
+    require_token,
+)
 from erp_sync.errors import Invalid
 from erp_sync.jobs import heartbeat, runs
 from erp_sync.jobs.queues import STREAMS, JobQueues
@@ -61,6 +68,7 @@ async def sync_now(
 @router.get("/job-runs")
 async def list_job_runs(
     session: SessionDep,
+    principal: PrincipalDep,
     status_: Annotated[
         Literal["RUNNING", "COMPLETED", "FAILED"] | None, Query(alias="status")
     ] = None,
@@ -68,14 +76,19 @@ async def list_job_runs(
     job_name: Annotated[str | None, Query(alias="jobName", max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[JobRunOut]:
-    """Job runs, newest first: the runbook's section-5 query with filters."""
+    """Job runs, newest first: the runbook's section-5 query with filters. A tenant token
+    sees its own tenant's runs only (another tenant's filter matches nothing)."""
+    if principal.tenant_id is not None:
+        if tenant is not None and tenant != principal.tenant_id:
+            return []
+        tenant = principal.tenant_id
     rows = await runs.list_runs(
         session, runs.RunFilter(status=status_, tenant_id=tenant, job_name=job_name, limit=limit)
     )
     return [JobRunOut.model_validate(r) for r in rows]
 
 
-@router.get("/queues")
+@router.get("/queues", dependencies=[Depends(require_operator)], responses=FORBIDDEN)
 async def queues_overview(rt: RuntimeDep, queues: QueuesDep) -> QueuesOverview:
     """Counts per state, paused or not, and the live workers."""
     items: list[dict[str, Any]] = await queues.status()

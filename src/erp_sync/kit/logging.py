@@ -1,9 +1,10 @@
 """Structured logging (structlog), JSON in production, with secrets masked.
 
-Two nets catch secrets: values under sensitive-looking keys are masked, and every
+Three nets catch secrets: values under sensitive-looking keys are masked; every
 registered secret string (configured passwords, decrypted ERP credentials) is replaced
-wherever it appears, including inside messages from other libraries (uvicorn, bullmq),
-which are routed through the same processors.
+wherever it appears; and so is every match of a registered secret pattern (secrets we
+mint but never hold in plain text, such as tenant API tokens). All three apply inside
+messages from other libraries too (uvicorn, bullmq), routed through the same processors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ _SENSITIVE_KEY = re.compile(
     re.IGNORECASE,
 )
 _secrets: set[str] = set()
+# (marker, pattern): the cheap substring test spares the regex on most lines.
+_patterns: list[tuple[str, re.Pattern[str]]] = []
 _secrets_lock = threading.Lock()
 
 
@@ -32,6 +35,15 @@ def register_secret(*values: str | None) -> None:
         for value in values:
             if value and len(value) >= 4:
                 _secrets.add(value)
+
+
+def register_secret_pattern(marker: str, pattern: str) -> None:
+    """Mask every match of ``pattern`` in every later log line; ``marker`` is a literal
+    every match contains (the regex runs only on text that holds it)."""
+    compiled = re.compile(pattern)
+    with _secrets_lock:
+        if all(p.pattern != compiled.pattern for _, p in _patterns):
+            _patterns.append((marker, compiled))
 
 
 def register_secrets_in(data: Any, *, sensitive: bool = False) -> None:
@@ -50,9 +62,13 @@ def register_secrets_in(data: Any, *, sensitive: bool = False) -> None:
 def redact_text(text: str) -> str:
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)
+        patterns = list(_patterns)
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    for marker, pattern in patterns:
+        if marker in text:
+            text = pattern.sub(MASK, text)
     return text
 
 

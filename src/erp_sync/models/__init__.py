@@ -11,11 +11,13 @@ from erp_sync.models.store import (
     SyncState,
 )
 from erp_sync.models.tenant import CONNECTION_STATUSES, ErpConnection, Tenant
+from erp_sync.models.token import ApiToken
 
 __all__ = [
     "CONNECTION_STATUSES",
     "JOB_STATUSES",
     "TRIGGERS",
+    "ApiToken",
     "Base",
     "Customer",
     "ErpConnection",

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from erp_sync.api.deps import RuntimeDep, SessionDep, require_token
+from erp_sync.api.deps import FORBIDDEN, RuntimeDep, SessionDep, require_operator, require_token
 from erp_sync.errors import ConfigError, Conflict
 from erp_sync.jobs.queues import JobQueues
 from erp_sync.jobs.routes import QueuesDep
@@ -39,7 +39,7 @@ async def tenant_status(
     )  # fmt: skip
 
 
-@router.get("/status")
+@router.get("/status", dependencies=[Depends(require_operator)], responses=FORBIDDEN)
 async def status_overview(session: SessionDep, rt: RuntimeDep, queues: QueuesDep) -> Overview:
     """Tenants that are failing, paused, stale or need re-authorisation, worst first."""
     return await service.overview(

@@ -6,8 +6,9 @@ transaction, report progress. Pages are read and mapped ahead while the previous
 runs; pages already waiting when a write starts share its transaction (group commit,
 at most WRITE_BATCH_RECORDS records), so a crash repeats at most the write in flight:
 one page while the ERP is the slower side (always, under an ERP's rate limit), a few
-when it answers faster than PostgreSQL writes. The upsert makes the repeat harmless. A full sync also marks rows the ERP no longer lists as
-deleted, once the whole stream has been read (resumable: the ids seen so far are kept).
+when it answers faster than PostgreSQL writes. The upsert makes the repeat harmless.
+A full sync also marks rows the ERP no longer lists as deleted, once the whole stream
+has been read (resumable: the ids seen so far are kept).
 A job works for a bounded time, then saves where it stands and asks to be continued
 behind the other tenants' jobs (fairness).
 """

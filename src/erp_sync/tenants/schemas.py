@@ -18,9 +18,8 @@ def validate_cron(value: str) -> str:
     return value
 
 
-TenantId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", strip_whitespace=True)
-]
+TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN, strip_whitespace=True)]
 Cron = Annotated[str, AfterValidator(validate_cron)]
 Document = Annotated[str, AfterValidator(normalize_document)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
