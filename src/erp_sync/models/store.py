@@ -24,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from erp_sync.models.base import Base
 
@@ -32,17 +32,24 @@ MONEY = Numeric(18, 4)
 QTY = Numeric(18, 6)
 
 
+def connection_key(table: str) -> ForeignKeyConstraint:
+    """A row's (tenant, connection) must be a connection *of that tenant*: one composite
+    key, checked once per row (two single-column keys cost ~40 % of a first load's COPY
+    speed, measured in bench/), and deleting the connection or its tenant deletes the
+    rows."""
+    return ForeignKeyConstraint(
+        ["tenantId", "connectionId"],
+        ["ErpConnection.tenantId", "ErpConnection.id"],
+        ondelete="CASCADE",
+        name=f"{table}_connection_fkey",
+    )
+
+
 class SyncedRow:
     """Columns every canonical table has."""
 
-    @declared_attr
-    def tenantId(cls) -> Mapped[str]:
-        return mapped_column("tenantId", ForeignKey("Tenant.id", ondelete="CASCADE"))
-
-    @declared_attr
-    def connectionId(cls) -> Mapped[str]:
-        return mapped_column("connectionId", ForeignKey("ErpConnection.id", ondelete="CASCADE"))
-
+    tenantId: Mapped[str] = mapped_column("tenantId", String(64))
+    connectionId: Mapped[str] = mapped_column("connectionId", String(64))
     externalId: Mapped[str] = mapped_column("externalId", String(200))
     raw: Mapped[dict[str, Any]] = mapped_column()
     contentHash: Mapped[bytes] = mapped_column("contentHash", LargeBinary(16))
@@ -55,6 +62,7 @@ class Product(SyncedRow, Base):
     __tablename__ = "Product"
     __table_args__ = (
         PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        connection_key("Product"),
         Index("Product_tenantId_sku_idx", "tenantId", "sku"),
     )
 
@@ -73,6 +81,7 @@ class StockLevel(SyncedRow, Base):
     __tablename__ = "StockLevel"
     __table_args__ = (
         PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        connection_key("StockLevel"),
         Index("StockLevel_tenantId_productExternalId_idx", "tenantId", "productExternalId"),
     )
 
@@ -88,6 +97,7 @@ class Customer(SyncedRow, Base):
     __tablename__ = "Customer"
     __table_args__ = (
         PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        connection_key("Customer"),
         Index("Customer_tenantId_document_idx", "tenantId", "document"),
     )
 
@@ -111,6 +121,7 @@ class SalesOrder(SyncedRow, Base):
     __tablename__ = "SalesOrder"
     __table_args__ = (
         PrimaryKeyConstraint("tenantId", "connectionId", "externalId"),
+        connection_key("SalesOrder"),
         Index("SalesOrder_tenantId_orderDate_idx", "tenantId", "orderDate"),
     )
 

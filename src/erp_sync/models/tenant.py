@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, Text, text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from erp_sync.models.base import Base, created_at, new_id, updated_at
@@ -35,6 +35,8 @@ class ErpConnection(Base):
     __tablename__ = "ErpConnection"
     __table_args__ = (
         CheckConstraint("status IN ('ACTIVE', 'NEEDS_REAUTH', 'DISABLED')", name="status"),
+        # The target of the store tables' composite (tenantId, connectionId) key.
+        UniqueConstraint("tenantId", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)

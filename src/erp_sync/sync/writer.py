@@ -197,6 +197,7 @@ async def upsert(
             f'SELECT "externalId", "contentHash", "deletedAt" IS NOT NULL FROM {table} '  # noqa: S608 - table names come from SPECS
             'WHERE "tenantId" = %s AND "connectionId" = %s AND "externalId" = ANY(%s)'.encode(),
             (tenant_id, connection_id, list(by_id)),
+            binary=True,
         )
         for external_id, stored, deleted in await cur.fetchall():
             existing.add(external_id)
