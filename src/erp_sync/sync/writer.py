@@ -195,14 +195,14 @@ async def upsert(
     if prefilter:
         cur = await driver.execute(
             f'SELECT "externalId", "contentHash", "deletedAt" IS NOT NULL FROM {table} '  # noqa: S608 - table names come from SPECS
-            'WHERE "tenantId" = %s AND "connectionId" = %s AND "externalId" = ANY(%s)'.encode(),
+            'WHERE "tenantId" = %s AND "connectionId" = %s AND "externalId" = ANY(%b)'.encode(),
             (tenant_id, connection_id, list(by_id)),
             binary=True,
         )
         for external_id, stored, deleted in await cur.fetchall():
             existing.add(external_id)
             match = by_id.get(external_id)
-            if match is not None and not deleted and bytes(stored) == match.hash:
+            if match is not None and not deleted and stored == match.hash:
                 del by_id[external_id]
                 counts.unchanged += 1
     if not by_id:
