@@ -97,13 +97,17 @@ def record(bench: str, data: str, throughput: str, ratios: str) -> str:
     )
     if not RESULTS.exists():
         RESULTS.write_text(
-            "# Benchmark results\n\nAppended by the scripts in bench/ (newest last). Ratios "
+            "# Benchmark results\n\nAdded to the table by the scripts in bench/ (newest "
+            "last; notes by hand below it). Ratios "
             "are against a baseline measured in the same run; `load` is the 1-minute load "
             "average when the run ended.\n\n"
             "| when (UTC) | bench | data | throughput | ratios | machine |\n"
             "|---|---|---|---|---|---|\n"
         )
-    with RESULTS.open("a") as f:
-        f.write(line + "\n")
+    # The row goes at the end of the table, above the notes written under it.
+    lines = RESULTS.read_text().splitlines(keepends=True)
+    last_row = max(i for i, text in enumerate(lines) if text.startswith("|"))
+    lines.insert(last_row + 1, line + "\n")
+    RESULTS.write_text("".join(lines))
     print(line)
     return line
