@@ -6,6 +6,7 @@ so tests never see each other's rows or queues.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -104,19 +105,29 @@ async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     await runtime.close()
 
 
-@pytest.fixture
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def app_client(
+    settings: Settings, token: str = API_TOKEN
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP app in this process (its lifespan included), called with a bearer token."""
     from erp_sync.api.app import create_app
 
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport,
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
             base_url="http://testserver",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as client:
-            yield client
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(settings) as client:
+        yield client
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-import httpx
 import psycopg
 
-from erp_sync.api.app import create_app
 from erp_sync.settings import Settings
-from tests.conftest import run_cli
+from tests.conftest import app_client, run_cli
 
 
 def _token_line(stdout: str) -> str:
@@ -20,15 +18,7 @@ def _token_line(stdout: str) -> str:
 
 
 async def _status(settings: Settings, token: str, path: str = "/api/v1/tenants/acme") -> int:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://testserver",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as client,
-    ):
+    async with app_client(settings, token) as client:
         return (await client.get(path)).status_code
 
 

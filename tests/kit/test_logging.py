@@ -6,12 +6,9 @@ import io
 import json
 import logging
 
-import httpx
-
-from erp_sync.api.app import create_app
 from erp_sync.kit.logging import configure_logging, get_logger
 from erp_sync.settings import Settings
-from tests.conftest import API_TOKEN, make_settings, run_cli, service_env
+from tests.conftest import API_TOKEN, app_client, make_settings, run_cli, service_env
 
 ERP_PASSWORD = "Erp-Senha-Do-Cliente-42"
 ADMIN_PASSWORD = "Bull-Board-Admin-Pass-77"
@@ -23,15 +20,7 @@ async def test_no_secret_in_api_logs(clean_db: str) -> None:
     )
     out = io.StringIO()
     configure_logging("DEBUG", json=True, secrets=settings.secret_values(), stream=out)
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://t",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as c,
-    ):
+    async with app_client(settings) as c:
         await c.post("/api/v1/tenants", json={"id": "acme", "name": "Acme"})
         r = await c.put(
             "/api/v1/tenants/acme/connection",

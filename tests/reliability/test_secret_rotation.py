@@ -12,7 +12,6 @@ Run with ``-s`` to see the measured recovery times.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import shutil
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from glob import glob
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from redis.exceptions import AuthenticationError, BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 
-from erp_sync.api.app import create_app
 from erp_sync.jobs.names import SYNC_QUEUE
 from erp_sync.jobs.queues import JobQueues, SyncJobData, open_queues
 from erp_sync.jobs.service import trigger_sync
@@ -44,7 +42,7 @@ from erp_sync.migrations import upgrade
 from erp_sync.models import JobRun
 from erp_sync.runtime import Runtime, runtime
 from erp_sync.settings import Settings
-from tests.conftest import API_TOKEN, ROOT, free_port, service_env
+from tests.conftest import ROOT, app_client, free_port, service_env
 from tests.jobs.helpers import add_tenant, handlers_with, slow_handler, wait_until
 
 pytestmark = pytest.mark.slow
@@ -171,20 +169,6 @@ def rotate_redis_live(server: RedisServer) -> int:
 # -- the service ----------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://api",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as client,
-    ):
-        yield client
-
-
 async def wait_ready(client: httpx.AsyncClient, timeout: float) -> float:
     """Seconds until GET /health/ready answers 200."""
     started = time.monotonic()
@@ -245,7 +229,7 @@ async def test_config_set_requirepass_and_client_kill_need_no_restart(
     s = fast.model_copy(update=overrides)
     worker: WorkerService = await start_worker(handlers_with(slow_handler(0.5)), **overrides)
     errors = collect_errors(worker)
-    async with api(s) as client, open_queues(s) as queues:
+    async with app_client(s) as client, open_queues(s) as queues:
         assert (await client.get("/health/ready")).status_code == 200
         jobs = [(await trigger_sync(rt, queues, t)).job_id for t in tenants]
 
@@ -326,7 +310,7 @@ async def test_redis_recreated_with_a_new_password_as_the_runbook_does(
         REDIS_PASSWORD_FILE=str(secret),
         WORKER_CONCURRENCY="1",
     )
-    async with api(s) as client, open_queues(s) as queues:
+    async with app_client(s) as client, open_queues(s) as queues:
         jobs = [(await trigger_sync(rt, queues, t)).job_id for t in tenants]
 
         async def running() -> bool:
@@ -388,7 +372,7 @@ async def test_a_secret_file_written_late_is_picked_up_and_nothing_spins_meanwhi
     s = fast.model_copy(update=overrides)
     worker: WorkerService = await start_worker(handlers_with(slow_handler(0.1)), **overrides)
     errors = collect_errors(worker)
-    async with api(s) as client:
+    async with app_client(s) as client:
         assert (await client.get("/health/ready")).status_code == 200
         before = redis_server.stats(OLD)["total_connections_received"]
 
@@ -571,7 +555,7 @@ async def test_database_password_rotation_needs_no_restart(
         await add_tenant(rt, "acme")
         await add_tenant(rt, "beta")
     await start_worker(handlers_with(slow_handler(0.1)), **overrides)
-    async with api(s) as client, open_queues(s) as queues, runtime(s) as rt:
+    async with app_client(s) as client, open_queues(s) as queues, runtime(s) as rt:
         assert (await client.get("/health/ready")).status_code == 200
 
         # ALTER ROLE: open sessions stay logged in, so nothing notices yet.
