@@ -145,9 +145,12 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Whatever an earlier uvicorn.Config set on its loggers (its own handlers, a level,
+    # no propagation), their lines now go through the root handler and its masking.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers.clear()
+        lg.setLevel(logging.NOTSET)
         lg.propagate = True
     # httpx logs every request URL at INFO; URLs may carry tokens in query strings.
     logging.getLogger("httpx").setLevel(logging.WARNING)
