@@ -375,7 +375,6 @@ async def test_tenant_health_in_the_scrape_agrees_with_the_status_api(
     Both must say the same of tenants in every state."""
     from datetime import timedelta
 
-    from erp_sync.api.metrics import tenant_health
     from erp_sync.kit.time import utcnow
     from erp_sync.models import JobRun, SyncState, Tenant
     from erp_sync.status import service
@@ -427,14 +426,16 @@ async def test_tenant_health_in_the_scrape_agrees_with_the_status_api(
 
     s = rt.settings
     async with rt.unit_of_work() as session:
-        bulk = await tenant_health(session, tz=s.schedule_tz, stale_factor=s.stale_factor)
+        bulk = await service.all_tenant_health(
+            session, tz=s.schedule_tz, stale_factor=s.stale_factor
+        )
         one_by_one = [
             await service.tenant_status(
                 session, tenant, tz=s.schedule_tz, stale_factor=s.stale_factor
             )
             for tenant in sorted(ago)
         ]
-    got_pairs = sorted((h, lag or -1.0) for h, lag, _ in bulk)
+    got_pairs = sorted((t.health, t.lag or -1.0) for t in bulk)
     want_pairs = sorted((st.health, st.lagSeconds or -1.0) for st in one_by_one)
     assert [h for h, _ in got_pairs] == [h for h, _ in want_pairs]
     for (health, lag), (_, want) in zip(got_pairs, want_pairs, strict=True):

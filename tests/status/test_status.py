@@ -173,3 +173,46 @@ async def test_quarantine_listing(api_client: httpx.AsyncClient, rt: Runtime) ->
     ).json()["total"] == 0
     cli = run_cli(rt.settings, "quarantine", "list", "--tenant", "acme")
     assert "listPrice: Input should be a valid decimal" in cli.stdout
+
+
+async def test_the_overview_reads_healthy_tenants_in_bulk(rt: Runtime) -> None:
+    """The overview's queries do not grow with the number of healthy tenants (it once
+    ran several per tenant: seconds at a few hundred); only a tenant with a problem costs
+    its full status."""
+    from sqlalchemy import event
+
+    from erp_sync.status import service
+
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    async def queries() -> tuple[int, list[str]]:
+        statements.clear()
+        event.listen(rt.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            async with rt.unit_of_work() as s:
+                got = await service.overview(s, tz="America/Sao_Paulo", stale_factor=3)
+        finally:
+            event.remove(rt.engine.sync_engine, "before_cursor_execute", count)
+        return len(statements), [p.tenantId for p in got.problems]
+
+    async def healthy(tenant: str) -> None:
+        await add_tenant(rt, tenant)
+        await _state(rt, tenant, "products", 2)
+        await _run(rt, tenant, "COMPLETED", 2)
+
+    for i in range(3):
+        await healthy(f"ok-{i}")
+    few, problems = await queries()
+    assert problems == []
+    for i in range(3, 40):
+        await healthy(f"ok-{i}")
+    many, problems = await queries()
+    assert problems == [] and many == few
+    await add_tenant(rt, "broken")
+    await _run(rt, "broken", "FAILED", 5, "bling answered 503")
+    with_one_problem, problems = await queries()
+    assert problems == ["broken"]
+    assert with_one_problem - few <= 8  # that tenant's full status, once

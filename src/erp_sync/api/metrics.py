@@ -16,18 +16,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client.core import Metric
-from sqlalchemy import func, select, true
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from erp_sync.api.deps import RuntimeDep
 from erp_sync.jobs import heartbeat
-from erp_sync.jobs.names import SYNC_JOB
 from erp_sync.jobs.queues import JobQueues
 from erp_sync.kit import metrics
 from erp_sync.kit.logging import get_logger
-from erp_sync.kit.time import utcnow
-from erp_sync.models import ErpConnection, JobRun, SyncState, Tenant
 from erp_sync.runtime import Runtime
 from erp_sync.status import service
 
@@ -58,68 +52,18 @@ async def sample_queues(rt: Runtime, queues: JobQueues) -> list[Metric]:
     ]
 
 
-async def tenant_health(
-    session: AsyncSession, *, tz: str, stale_factor: float
-) -> list[tuple[str, float | None, bool]]:
-    """(health, lag seconds, counts for the max lag) of every tenant, by the status
-    service's rule, from three queries whatever the number of tenants (the per-tenant
-    status costs several queries per tenant: seconds at a few hundred tenants, too slow
-    for every scrape)."""
-    now = utcnow()
-    runs = (
-        select(JobRun)
-        .where(JobRun.tenantId == Tenant.id, JobRun.jobName == SYNC_JOB)
-        .order_by(JobRun.startedAt.desc(), JobRun.id.desc())
-        .limit(1)
-        .lateral("last_run")
-    )
-    last_run = aliased(JobRun, runs)
-    finished = (
-        select(JobRun.status)
-        .where(JobRun.tenantId == Tenant.id, JobRun.jobName == SYNC_JOB, JobRun.status != "RUNNING")
-        .order_by(JobRun.startedAt.desc(), JobRun.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    rows = (
-        await session.execute(
-            select(Tenant, ErpConnection.status, last_run, finished)
-            .outerjoin(ErpConnection, ErpConnection.tenantId == Tenant.id)
-            .outerjoin(last_run, true())
-        )
-    ).all()
-    oldest = dict(
-        (
-            await session.execute(
-                select(SyncState.tenantId, func.min(SyncState.lastSuccessAt))
-                .where(SyncState.lastSuccessAt.is_not(None))
-                .group_by(SyncState.tenantId)
-            )
-        ).all()
-    )
-    out: list[tuple[str, float | None, bool]] = []
-    for tenant, conn_status, last, last_finished in rows:
-        success = oldest.get(tenant.id)
-        lag = (now - success).total_seconds() if success is not None else None
-        # The rule only asks whether the failure streak is non-empty, i.e. whether the
-        # last finished attempt failed; its length is the status API's business.
-        failures = 1 if last_finished == "FAILED" else 0
-        # The status service's own rule, so that /metrics and /api/v1/status never differ.
-        health = service._health(tenant, conn_status, lag, failures, last, tz, stale_factor, now)
-        out.append((health, lag, tenant.active and tenant.pausedAt is None))
-    return out
-
-
 async def sample_tenants(rt: Runtime) -> list[Metric]:
     s = rt.settings
     health = dict.fromkeys(HEALTH_STATES, 0)
     max_lag = 0.0
     async with rt.unit_of_work() as session:
-        tenants = await tenant_health(session, tz=s.schedule_tz, stale_factor=s.stale_factor)
-    for state, lag, running in tenants:
-        health[state] = health.get(state, 0) + 1
-        if running and lag is not None:
-            max_lag = max(max_lag, lag)
+        tenants = await service.all_tenant_health(
+            session, tz=s.schedule_tz, stale_factor=s.stale_factor
+        )
+    for t in tenants:
+        health[t.health] = health.get(t.health, 0) + 1
+        if t.running and t.lag is not None:
+            max_lag = max(max_lag, t.lag)
     return [
         metrics.TENANTS.family({(h,): float(n) for h, n in health.items()}),
         metrics.SYNC_LAG_MAX.family({(): max_lag}),
