@@ -275,10 +275,14 @@ async def test_a_full_sync_equals_tryton_and_edits_come_in_the_next_incremental(
             ("archive-product", {"code": "P0002"}),
             ("move-stock", {"code": "P0003", "quantity": 10}),
         ]  # fmt: skip
+        # One after the other: concurrent logins race in trytond's session table on
+        # SQLite ("records of Session that don't exist"), which is the peer's weakness,
+        # not what this test is about.
         started = time.monotonic()
-        done = await asyncio.gather(
-            *(asyncio.to_thread(edit, command, env=tryton, **options) for command, options in edits)
-        )
+        done = [
+            await asyncio.to_thread(edit, command, env=tryton, **options)
+            for command, options in edits
+        ]
         print(f"\n5 edits in the peer: {time.monotonic() - started:.2f} s")
 
         incremental = await sync(rt)

@@ -13,9 +13,22 @@ from pydantic import BaseModel, ValidationError
 
 from erp_sync.canonical import Canonical
 from erp_sync.connectors.governor import Governor
-from erp_sync.errors import ConfigError
+from erp_sync.errors import ConfigError, DataError
 
 STREAMS = ("products", "stock_levels", "customers", "sales_orders")
+Mapper = Callable[[dict[str, Any]], Canonical]
+
+
+def map_stream(provider: str, mappers: Mapping[str, Mapper], stream: str, raw: Any) -> Canonical:
+    """``raw`` mapped by its stream's mapper. A stream the ERP lacks, or a record that is
+    not a JSON object, is a DataError (the engine quarantines the record with it)."""
+    mapper = mappers.get(stream)
+    if mapper is None:
+        raise DataError(f"{provider} has no stream {stream!r}")
+    if not isinstance(raw, dict):
+        raise DataError(f"a {provider} record is an object, not a {type(raw).__name__}")
+    return mapper(raw)
+
 
 # A cursor is a small JSON object owned by the connector (e.g. {"since": "...", "id": 12});
 # the engine stores it opaquely in "SyncState".cursor.

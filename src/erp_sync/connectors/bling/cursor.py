@@ -30,45 +30,36 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from erp_sync.connectors import brasilia
+from erp_sync.connectors.brasilia import SECOND, Done, fmt, now
 from erp_sync.errors import ContractError
 
-BRASILIA = ZoneInfo("America/Sao_Paulo")
-FORMAT = "%Y-%m-%d %H:%M:%S"
+# Also the shared Brasília cursor time, which the connector reads through this module.
+__all__ = [
+    "MAX_WINDOW",
+    "OVERLAP",
+    "SECOND",
+    "Done",
+    "InFull",
+    "InWindow",
+    "State",
+    "fmt",
+    "load",
+    "now",
+    "parse",
+    "position",
+    "windows",
+]
+
 OVERLAP = timedelta(minutes=2)
 # Bling refuses windows over one calendar year; stay clear of leap days and of a clock
 # a little behind Bling's.
 MAX_WINDOW = timedelta(days=360)
-SECOND = timedelta(seconds=1)
-
-
-def fmt(moment: datetime) -> str:
-    return moment.astimezone(BRASILIA).strftime(FORMAT)
 
 
 def parse(value: object, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise ContractError(f"the stored Bling cursor's {what} is not a date-time: {value!r}")
-    try:
-        return datetime.strptime(value, FORMAT).replace(tzinfo=BRASILIA)
-    except ValueError:
-        raise ContractError(
-            f"the stored Bling cursor's {what} {value!r} is not YYYY-MM-DD HH:MM:SS"
-        ) from None
-
-
-def now() -> datetime:
-    """Our clock, to the second (Bling stamps changes to the second)."""
-    return datetime.now(BRASILIA).replace(microsecond=0)
-
-
-@dataclass(frozen=True)
-class Done:
-    since: datetime
-
-    def dump(self) -> dict[str, Any]:
-        return {"since": fmt(self.since)}
+    return brasilia.parse(value, what, "Bling")
 
 
 @dataclass(frozen=True)

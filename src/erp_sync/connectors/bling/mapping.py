@@ -24,6 +24,7 @@ from erp_sync.canonical import (
     SalesOrderLine,
     StockLevel,
 )
+from erp_sync.connectors.base import Mapper, map_stream
 from erp_sync.connectors.http import ErpResponse
 from erp_sync.kit.documents import digits
 
@@ -399,7 +400,7 @@ def sales_order(raw: dict[str, Any]) -> SalesOrder:
     )
 
 
-MAPPERS = {
+MAPPERS: dict[str, Mapper] = {
     "products": product,
     "stock_levels": stock_level,
     "customers": customer,
@@ -408,13 +409,7 @@ MAPPERS = {
 
 
 def to_canonical(stream: str, raw: dict[str, Any]) -> Canonical:
-    try:
-        mapper = MAPPERS[stream]
-    except KeyError:
-        raise ValueError(f"Bling has no stream {stream!r}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"a Bling record is an object, not a {type(raw).__name__}")
-    return mapper(raw)
+    return map_stream("Bling", MAPPERS, stream, raw)
 
 
 # ------------------------------------------------------------------------------- errors

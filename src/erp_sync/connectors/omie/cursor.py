@@ -23,19 +23,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from erp_sync.connectors import brasilia
+from erp_sync.connectors.brasilia import BRASILIA, SECOND, Done, fmt, now
 from erp_sync.errors import ContractError
 
-BRASILIA = ZoneInfo("America/Sao_Paulo")
-FORMAT = "%Y-%m-%d %H:%M:%S"
-SECOND = timedelta(seconds=1)
-
-
-def fmt(moment: datetime) -> str:
-    return moment.astimezone(BRASILIA).strftime(FORMAT)
+# Also the shared Brasília cursor time, which the connector reads through this module.
+__all__ = [
+    "BRASILIA",
+    "SECOND",
+    "Done",
+    "InFull",
+    "InWindow",
+    "State",
+    "fmt",
+    "load",
+    "now",
+    "omie_date",
+    "omie_time",
+    "parse",
+    "position",
+]
 
 
 def omie_date(moment: datetime) -> str:
@@ -47,27 +57,7 @@ def omie_time(moment: datetime) -> str:
 
 
 def parse(value: object, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise ContractError(f"the stored Omie cursor's {what} is not a date-time: {value!r}")
-    try:
-        return datetime.strptime(value, FORMAT).replace(tzinfo=BRASILIA)
-    except ValueError:
-        raise ContractError(
-            f"the stored Omie cursor's {what} {value!r} is not YYYY-MM-DD HH:MM:SS"
-        ) from None
-
-
-def now() -> datetime:
-    """Our clock, to the second (Omie stamps changes to the second)."""
-    return datetime.now(BRASILIA).replace(microsecond=0)
-
-
-@dataclass(frozen=True)
-class Done:
-    since: datetime
-
-    def dump(self) -> dict[str, Any]:
-        return {"since": fmt(self.since)}
+    return brasilia.parse(value, what, "Omie")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from erp_sync.canonical import (
     SalesOrderLine,
     StockLevel,
 )
+from erp_sync.connectors.base import Mapper, map_stream
 from erp_sync.errors import DataError
 from erp_sync.kit.documents import digits
 
@@ -427,7 +428,7 @@ def sales_order(raw: dict[str, Any]) -> SalesOrder:
     )
 
 
-MAPPERS = {
+MAPPERS: dict[str, Mapper] = {
     "products": product,
     "stock_levels": stock_level,
     "customers": customer,
@@ -436,8 +437,4 @@ MAPPERS = {
 
 
 def to_canonical(stream: str, raw: dict[str, Any]) -> Canonical:
-    try:
-        mapper = MAPPERS[stream]
-    except KeyError:
-        raise DataError(f"Tryton has no stream {stream!r}") from None
-    return mapper(raw)
+    return map_stream("Tryton", MAPPERS, stream, raw)
