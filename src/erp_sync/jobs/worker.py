@@ -48,6 +48,8 @@ from erp_sync.status.service import pause_if_failing
 from erp_sync.sync.engine import sync_tenant
 
 log = get_logger(__name__)
+# How long a stop waits for cancelled jobs to record how they ended.
+ABANDONED_BOOKKEEPING_S = 5.0
 
 
 @dataclass
@@ -397,6 +399,12 @@ class WorkerService:
         for w in self.workers.values():
             with contextlib.suppress(Exception):
                 await w.close(force=force)
+        # bullmq cancels the abandoned jobs without waiting for them: give them a moment
+        # to write their JobRun rows ("worker stopped before the job finished") before
+        # the database goes away under them.
+        deadline = time.monotonic() + ABANDONED_BOOKKEEPING_S
+        while self.running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a dict
+            await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
