@@ -75,6 +75,9 @@ class Connector(abc.ABC):
     limits: ClassVar[RateLimits] = RateLimits()
     settings_model: ClassVar[type[BaseModel] | None] = None
     credentials_model: ClassVar[type[BaseModel] | None] = None
+    # Part of the engine's content hash: bump when to_canonical changes its output, so
+    # the next sync rewrites every row in the new shape.
+    mapping_version: ClassVar[str] = ""
 
     def __init__(self, ctx: ConnectorContext) -> None:
         self.ctx = ctx

@@ -175,19 +175,21 @@ def map_record(
     if not isinstance(raw, dict):
         return None, (None, raw, f"record is a {type(raw).__name__}, not an object")
     try:
-        external_id = connector.external_id(stream, raw)
-    except Exception:
-        external_id = None
-    try:
         record = connector.to_canonical(stream, raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "record"
-        return None, (external_id, raw, f"{where}: {err.get('msg', 'invalid')}")
+        reason = f"{where}: {err.get('msg', 'invalid')}"
     except (DataError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
-        return None, (external_id, raw, f"{type(exc).__name__}: {exc}"[:2000])
-    version = getattr(connector, "mapping_version", "")
-    return writer.Row.of(record, raw, version), None
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+    else:
+        return writer.Row.of(record, raw, connector.mapping_version), None
+    # A bad record is quarantined under the id that can still be read from it, if any.
+    try:
+        external_id = connector.external_id(stream, raw)
+    except Exception:
+        external_id = None
+    return None, (external_id, raw, reason)
 
 
 def map_page(connector: Connector, stream: str, page: Page) -> MappedPage:
