@@ -4,9 +4,8 @@ triggers (migration 0005), with a foreign key's guarantees and SQLSTATE."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import threading
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -119,7 +118,8 @@ def test_an_upsert_that_changes_no_key_is_not_checked_again(conn: psycopg.Connec
 def test_deleting_a_connection_deletes_its_rows_only(conn: psycopg.Connection) -> None:
     conn.execute("""INSERT INTO "Tenant" (id, name) VALUES ('gama', 'Gama')""")
     conn.execute(
-        """INSERT INTO "ErpConnection" (id, "tenantId", provider) VALUES ('conn-g', 'gama', 'omie')"""
+        """INSERT INTO "ErpConnection" (id, "tenantId", provider)
+           VALUES ('conn-g', 'gama', 'omie')"""
     )
     _products(conn, [("acme", "conn-a", "1"), ("acme", "conn-a", "2")])
     _products(conn, [("gama", "conn-g", "1")])
