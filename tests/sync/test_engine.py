@@ -29,7 +29,7 @@ from erp_sync.settings import Settings
 from erp_sync.sync.engine import MappedPage, PageFeed, sync_tenant
 from tests.bling_support import start_sandbox
 from tests.conftest import ROOT
-from tests.jobs.helpers import add_tenant, wait_until
+from tests.jobs.helpers import add_tenant, sync_until_failed, wait_until
 from tests.jobs.test_processes import worker_env
 
 SIZES = {"products": 240, "customers": 60, "orders": 50}
@@ -189,17 +189,7 @@ async def test_a_rejected_refresh_marks_the_connection_needs_reauth(
     await add_tenant(rt, "acme", sandbox=sb)
     admin(sb, "faults", {"reject_refresh": True, "expire_tokens": True})
     await start_worker()
-    job = await trigger_sync(rt, queues, "acme")
-
-    async def failed() -> bool:
-        return await queues.job_state(SYNC_QUEUE, job.job_id) == "failed"
-
-    await wait_until(failed, timeout=30, what="the job to fail")
-    async with rt.unit_of_work() as s:
-        conn = (
-            await s.execute(select(ErpConnection).where(ErpConnection.tenantId == "acme"))
-        ).scalar_one()
-        runs = (await s.execute(select(JobRun).where(JobRun.jobId == job.job_id))).scalars().all()
+    conn, runs = await sync_until_failed(rt, queues)
     assert conn.status == "NEEDS_REAUTH"
     assert len(runs) == 1, "a refused refresh must not be retried"
     assert "re-authoris" in str(runs[0].error) and conn.lastError == runs[0].error
@@ -250,6 +240,59 @@ async def test_429s_and_5xx_bursts_are_survived(rt: Runtime, clean_db: str) -> N
             assert count(clean_db, "Product", tenant=t) == 6
         assert stats["rate_limited"] == 0, stats
         assert stats.get("injected_errors", stats.get("errors", 1)) > 0, stats
+
+
+class Interrupted(Exception):
+    pass
+
+
+async def interrupted_full_sync(rt: Runtime) -> None:
+    """A full sync that stops after its first write of products (a crash, a deploy)."""
+
+    async def stop(progress: dict[str, Any]) -> None:
+        if progress["stream"] == "products":
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await sync_tenant(rt, "acme", streams=None, mode="full", progress=stop)
+
+
+def full_run(db: str, stream: str = "products") -> tuple[bool, bool, int]:
+    """(a full sync is in progress, it began on an empty table, ids recorded as seen)."""
+    with psycopg.connect(db) as c:
+        state = c.execute(
+            'SELECT "fullRunId" IS NOT NULL, "fullRunFromEmpty" FROM "SyncState" '
+            "WHERE \"tenantId\" = 'acme' AND stream = %s",
+            (stream,),
+        ).fetchone()
+        seen = c.execute('SELECT count(*) FROM "SyncSeen"').fetchone()[0]
+    return bool(state[0]), bool(state[1]), int(seen)
+
+
+async def test_a_full_sync_that_began_on_an_empty_table_records_no_seen_ids(
+    rt: Runtime, clean_db: str
+) -> None:
+    """Every row is its own: nothing can be missing from what it read, in any of its jobs;
+    a later full sync (the table no longer empty) records them and finds deletions."""
+    with start_sandbox(products=400, customers=2, orders=2, latency_ms=40) as sb:
+        await add_tenant(rt, "acme", sandbox=sb)
+        await interrupted_full_sync(rt)
+        assert 0 < count(clean_db, "Product") < 400
+        assert full_run(clean_db) == (True, True, 0)
+        rest = (await sync(rt))["streams"]["products"]  # the next job resumes it
+        assert rest["complete"] and rest["deleted"] == 0
+        assert full_run(clean_db) == (False, False, 0)
+        assert stored_products(clean_db) == expected_products(sb)
+
+        admin(sb, "mutate", {"deleted_products": 2})
+        await interrupted_full_sync(rt)
+        in_progress, from_empty, seen = full_run(clean_db)
+        assert in_progress and not from_empty and seen > 0
+        rest = (await sync(rt))["streams"]["products"]
+        assert rest["deleted"] == 2
+        assert full_run(clean_db) == (False, False, 0)
+        live = {k for k, v in stored_products(clean_db).items() if not v[5]}
+        assert live == set(expected_products(sb))
 
 
 async def test_a_kill_between_pages_resumes_without_duplicates_or_gaps(

@@ -167,6 +167,11 @@ class SyncState(Base):
     # A full sync in progress (resumable): its id keys the ids seen so far.
     fullRunId: Mapped[str | None] = mapped_column("fullRunId", String(64))
     fullCursor: Mapped[dict[str, Any] | None] = mapped_column("fullCursor")
+    # The full sync in progress began with no row of this connection in the stream's
+    # table: every row there is its own, so it records no seen ids and sweeps nothing.
+    fullRunFromEmpty: Mapped[bool] = mapped_column(
+        "fullRunFromEmpty", Boolean, server_default=text("false")
+    )
     lastSuccessAt: Mapped[datetime | None] = mapped_column("lastSuccessAt")
     lastFullSyncAt: Mapped[datetime | None] = mapped_column("lastFullSyncAt")
     lastErrorAt: Mapped[datetime | None] = mapped_column("lastErrorAt")

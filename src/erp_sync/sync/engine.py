@@ -366,6 +366,9 @@ class TenantSync:
         cursor = (state.fullCursor if resume_full else None) if full else state.cursor
         check_release = await self._has_quarantine(stream)
         self._first_load[stream] = not await self._has_rows(stream)
+        # A full sync finds deletions by recording the ids it reads, unless it began with
+        # no row of this connection in the table: then every row there is its own.
+        from_empty = state.fullRunFromEmpty if resume_full else self._first_load[stream]
         last_cursor = cursor
         feed = PageFeed(
             connector.read(stream, cursor, full=full),
@@ -375,7 +378,9 @@ class TenantSync:
             while (pages := await feed.batch()) is not None:
                 stats.pages += len(pages)
                 stats.fetched += sum(p.fetched for p in pages)
-                await self._write_pages(stream, pages, full_run_id, stats, check_release)
+                await self._write_pages(
+                    stream, pages, full_run_id, from_empty, stats, check_release
+                )
                 last_cursor = next(
                     (p.cursor for p in reversed(pages) if p.cursor is not None), last_cursor
                 )
@@ -402,10 +407,12 @@ class TenantSync:
             final = await session.get(SyncState, (self.tenant_id, stream), with_for_update=True)
             assert final is not None
             if full and full_run_id:
-                stats.deleted = await writer.sweep_deleted(
-                    session, stream, self.tenant_id, self.connection_id, full_run_id
-                )
+                if not from_empty:
+                    stats.deleted = await writer.sweep_deleted(
+                        session, stream, self.tenant_id, self.connection_id, full_run_id
+                    )
                 final.fullRunId = None
+                final.fullRunFromEmpty = False
                 final.fullCursor = None
                 final.lastFullSyncAt = utcnow()
                 if last_cursor is not None:
@@ -420,6 +427,7 @@ class TenantSync:
         stream: str,
         pages: list[MappedPage],
         full_run_id: str | None,
+        from_empty: bool,
         stats: StreamStats,
         check_release: bool,
     ) -> None:
@@ -450,12 +458,13 @@ class TenantSync:
                     stream,
                     [r.record.externalId for r in rows],
                 )
-            if full_run_id:
+            if full_run_id and not from_empty:
                 seen = [r.record.externalId for r in rows] + [i[0] for i in bad if i[0]]
                 await writer.mark_seen(session, full_run_id, seen)
             values: dict[str, Any] = {}
             if full_run_id:
                 values["fullRunId"] = full_run_id
+                values["fullRunFromEmpty"] = from_empty
                 if cursor is not None:
                     values["fullCursor"] = cursor
             elif cursor is not None:
