@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +33,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time used so far by every PostgreSQL process on this machine (backends,
+    WAL writer, checkpointer, autovacuum), ended ones excepted: take it around a run."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "postgres":
+                total += cpu_seconds(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # ended meanwhile
+    return total
+
+
+@dataclass(frozen=True)
+class SandboxProcess:
+    root: str  # the root URL
+    pid: int
+
+
 @contextlib.contextmanager
-def sandbox_process(*args: str) -> Iterator[str]:
-    """`erp-sync sandbox bling ...` in its own process; yields its root URL."""
+def sandbox_process(*args: str) -> Iterator[SandboxProcess]:
+    """`erp-sync sandbox bling ...` in its own process, once it answers."""
     port = free_port()
     proc = subprocess.Popen(
         [ERP_SYNC, "sandbox", "bling", "--port", str(port), *args],
@@ -53,7 +81,7 @@ def sandbox_process(*args: str) -> Iterator[str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("the sandbox did not start")
             time.sleep(0.2)
-        yield root
+        yield SandboxProcess(root, proc.pid)
     finally:
         proc.terminate()
         proc.wait(20)

@@ -5,7 +5,10 @@ compared with a plain binary COPY of the same rows into an empty table, same run
     .venv/bin/python -m bench.e2e [--products 1000000]
 
 Targets: rows/s ÷ COPY ≥ 0.4; the worker process's peak RSS ≤ 300 MB (streaming: never
-the whole stream in memory).
+the whole stream in memory). Also reported: the CPU time each process (worker, every
+PostgreSQL process, sandbox) used per row during the sync, and the rows/s that would
+keep every core of this machine busy at those costs: how far the run is from what the
+machine can do.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import redis
 from bench.common import (
     ERP_SYNC,
     ROOT,
+    cpu_seconds,
     drop_database,
     fresh_database,
+    postgres_cpu_seconds,
     record,
     sandbox_process,
     tokens,
@@ -82,7 +87,8 @@ def main() -> None:
     }
     settings = Settings(_env_file=None, database_url=url, encryption_key=key, queue_prefix=prefix)
     with sandbox_process("--products", str(args.products), "--customers", "10", "--orders", "10",
-                         "--rate-limit", "0", "--daily-limit", "0") as root:  # fmt: skip
+                         "--rate-limit", "0", "--daily-limit", "0") as sandbox:  # fmt: skip
+        root = sandbox.root
         creds = tokens(root)
         with psycopg.connect(url) as c:
             c.execute("""INSERT INTO "Tenant" (id, name) VALUES ('bench', 'Bench')""")
@@ -109,6 +115,8 @@ def main() -> None:
                 finally:
                     await queues.close()
 
+            # CPU used by the three processes that share this machine's cores meanwhile.
+            cpu_before = (cpu_seconds(worker.pid), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
             job_id = asyncio.run(enqueue())
             while True:
                 with psycopg.connect(url) as c:
@@ -120,6 +128,7 @@ def main() -> None:
                 if row:
                     break
                 time.sleep(1)
+            cpu_after = (cpu_seconds(worker.pid), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
             rss = peak_rss_mb(worker.pid)
         finally:
             worker.terminate()
@@ -129,11 +138,19 @@ def main() -> None:
     rows, t_copy = copy_baseline(url)
     e2e_rate = rows / (duration_ms / 1000)
     copy_rate = rows / t_copy
+    worker_us, postgres_us, sandbox_us = (
+        (after - before) / rows * 1e6 for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
+    # All three run on this machine's cores: rows/s can be at most cores / CPU per row.
+    cores = os.cpu_count() or 1
+    ceiling = cores / ((worker_us + postgres_us + sandbox_us) / 1e6)
     record(
         "end to end",
         f"{rows:,} products, Bling sandbox (limits and detail calls off) → worker process",
         f"sync {e2e_rate:,.0f} rows/s ({duration_ms / 1000:.0f} s); COPY {copy_rate:,.0f} rows/s; "
-        f"worker peak RSS {rss:.0f} MB",
+        f"worker peak RSS {rss:.0f} MB; CPU per row: worker {worker_us:.0f} µs, PostgreSQL "
+        f"{postgres_us:.0f} µs, sandbox {sandbox_us:.0f} µs (all {cores} cores busy: at most "
+        f"{ceiling:,.0f} rows/s)",
         f"sync ÷ COPY = **{e2e_rate / copy_rate:.2f}** (target ≥ 0.4); "
         f"peak RSS **{rss:.0f} MB** (target ≤ 300)",
     )

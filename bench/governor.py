@@ -57,7 +57,8 @@ def main() -> None:
     if args.child:
         asyncio.run(child(*args.child, args.seconds))
         return
-    with sandbox_process("--products", "10", "--rate-limit", str(RATE)) as root:
+    with sandbox_process("--products", "10", "--rate-limit", str(RATE)) as sandbox:
+        root = sandbox.root
         token = tokens(root)["access_token"]
         httpx.post(f"{root}/__sandbox/stats/reset", timeout=10)
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
