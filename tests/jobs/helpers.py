@@ -13,10 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy import select
+
 from erp_sync.errors import RetryableError
 from erp_sync.jobs.names import SYNC_JOB, SYNC_QUEUE
+from erp_sync.jobs.queues import JobQueues
+from erp_sync.jobs.service import trigger_sync
 from erp_sync.jobs.worker import DEFAULT_HANDLERS, Handler, JobContext, run_worker
-from erp_sync.models import ErpConnection, Tenant
+from erp_sync.models import ErpConnection, JobRun, Tenant
 from erp_sync.runtime import Runtime
 from erp_sync.settings import Settings
 
@@ -62,6 +66,25 @@ async def add_tenant(
                     credentials=rt.box.encrypt_json(credentials),
                 )
             )
+
+
+async def sync_until_failed(
+    rt: Runtime, queues: JobQueues, tenant_id: str = "acme"
+) -> tuple[ErpConnection, list[JobRun]]:
+    """Trigger a sync of the tenant (a worker must be running), wait for the job to fail;
+    the tenant's connection and the job's JobRuns."""
+    job = await trigger_sync(rt, queues, tenant_id)
+
+    async def failed() -> bool:
+        return await queues.job_state(SYNC_QUEUE, job.job_id) == "failed"
+
+    await wait_until(failed, timeout=30, what="the job to fail")
+    async with rt.unit_of_work() as s:
+        conn = (
+            await s.execute(select(ErpConnection).where(ErpConnection.tenantId == tenant_id))
+        ).scalar_one()
+        runs = (await s.execute(select(JobRun).where(JobRun.jobId == job.job_id))).scalars().all()
+    return conn, list(runs)
 
 
 def slow_handler(seconds: float) -> Handler:

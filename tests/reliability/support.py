@@ -37,7 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from erp_sync.models import ErpConnection, Tenant
 from erp_sync.runtime import Runtime
-from tests.conftest import ROOT, free_port
+from tests.conftest import REDIS_URL, ROOT, free_port
 
 OUTPUT = ROOT / "test-output"
 RESULTS = OUTPUT / "reliability.json"
@@ -141,6 +141,14 @@ def dump_redis(client: syncredis.Redis, pattern: str, label: str) -> Path:
     return EVIDENCE.file(f"Redis dump ({label})", path)
 
 
+def dump_evidence(db: str, queue_prefix: str, label: str) -> None:
+    """What a scenario leaves for the secrets scan: its database and its Redis keys (the
+    shared test Redis, under the scenario's queue prefix)."""
+    dump_database(db, label)
+    with syncredis.Redis.from_url(REDIS_URL, decode_responses=True) as client:
+        dump_redis(client, f"{queue_prefix}:*", label)
+
+
 # -- processes ---------------------------------------------------------------------------
 
 
@@ -223,16 +231,21 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[str] | None = None
 
-    def client(self) -> syncredis.Redis:
+    def client(self, password: str | None = None) -> syncredis.Redis:
+        """A client logging in with ``password`` (default: the server's own)."""
         return syncredis.Redis(
             host="127.0.0.1",
             port=self.port,
-            password=self.password,
+            password=self.password if password is None else password,
             socket_timeout=5,
             decode_responses=True,
         )
 
-    def start(self) -> None:
+    def start(self, password: str | None = None) -> None:
+        """Start (again); with ``password``, under that one from now on (a Redis recreated
+        with a new password, as the runbook's rotation does)."""
+        if password is not None:
+            self.password = password
         config = [
             f"port {self.port}",
             "bind 127.0.0.1",
@@ -279,6 +292,11 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+    def stats(self, password: str | None = None) -> dict[str, Any]:
+        with self.client(password) as r:
+            info: dict[str, Any] = r.info("stats")
+        return info
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis as syncredis
 from sqlalchemy import select
 
 from erp_sync.jobs.queues import JobQueues
@@ -21,15 +20,13 @@ from erp_sync.jobs.service import trigger_sync
 from erp_sync.models import ErpConnection, SyncState
 from erp_sync.runtime import Runtime
 from erp_sync.settings import Settings
-from tests.conftest import REDIS_URL
 from tests.jobs.test_processes import worker_env
 from tests.reliability.hostile import CATALOGUE, MISSING_IDS, WRONG_TYPES, hostile_erp
 from tests.reliability.support import (
     EVIDENCE,
     Processes,
     add_bling_tenant,
-    dump_database,
-    dump_redis,
+    dump_evidence,
     peak_rss_kb,
     rss_kb,
     wait_for,
@@ -198,6 +195,4 @@ async def test_each_hostile_answer_ends_bounded_with_a_clear_outcome(
     assert all(n.endswith(" (b)") for n in names), sorted(names)[:3]  # the last one won
     assert growth_mb < MEMORY_BOUND_MB, f"worker grew {growth_mb:.0f} MB"
 
-    dump_database(clean_db, "hostile-erp")
-    with syncredis.Redis.from_url(REDIS_URL, decode_responses=True) as r:
-        dump_redis(r, f"{fast.queue_prefix}:*", "hostile-erp")
+    dump_evidence(clean_db, fast.queue_prefix, "hostile-erp")

@@ -12,26 +12,18 @@ Run with ``-s`` to see the measured recovery times.
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from glob import glob
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import redis as syncredis
-from redis.exceptions import AuthenticationError, BusyLoadingError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import AuthenticationError
 from sqlalchemy import select
 
 from erp_sync.jobs.names import SYNC_QUEUE
@@ -42,8 +34,9 @@ from erp_sync.migrations import upgrade
 from erp_sync.models import JobRun
 from erp_sync.runtime import Runtime, runtime
 from erp_sync.settings import Settings
-from tests.conftest import ROOT, app_client, free_port, service_env
+from tests.conftest import app_client, service_env
 from tests.jobs.helpers import add_tenant, handlers_with, slow_handler, wait_until
+from tests.reliability.support import PostgresCluster, Processes, RedisServer, postgres_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -57,85 +50,12 @@ LOCKS = {"job_lock_ms": 30_000, "stalled_interval_ms": 15_000}
 # -- a Redis server of our own --------------------------------------------------------
 
 
-class RedisServer:
-    """``redis-server -`` reads its configuration (password included) from stdin, as
-    deploy/redis/entrypoint.sh does. AOF on, so queued jobs survive a restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def client(self, password: str) -> syncredis.Redis:
-        return syncredis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            password=password,
-            socket_timeout=5,
-            decode_responses=True,
-        )
-
-    def start(self, password: str) -> None:
-        config = [
-            f"port {self.port}",
-            "bind 127.0.0.1",
-            f"dir {self.workdir}",
-            "appendonly yes",
-            "appendfsync always",
-            'save ""',
-            "maxmemory-policy noeviction",
-            f"logfile {self.workdir / 'redis.log'}",
-            f"requirepass {password}",
-        ]
-        self.proc = subprocess.Popen(
-            ["redis-server", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("\n".join(config) + "\n")
-        self.proc.stdin.close()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with self.client(password) as r:
-                    r.ping()
-                return
-            except (RedisConnectionError, BusyLoadingError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = self.workdir / "redis.log"
-                    raise AssertionError(
-                        "redis-server did not start: "
-                        + (log.read_text()[-2000:] if log.exists() else "no log")
-                    ) from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM, as `docker stop` sends: Redis writes its AOF and exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def stats(self, password: str) -> dict[str, Any]:
-        with self.client(password) as r:
-            info: dict[str, Any] = r.info("stats")
-        return info
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     workdir = tmp_path / "redis"
     workdir.mkdir()
-    server = RedisServer(workdir)
-    server.start(OLD)
+    server = RedisServer(workdir, OLD)
+    server.start()
     yield server
     server.stop()
 
@@ -265,50 +185,28 @@ async def test_config_set_requirepass_and_client_kill_need_no_restart(
     assert ready_in < 3, ready_in
 
 
-@pytest.fixture
-def worker_process(
-    fast: Settings, tmp_path: Path
-) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path]]]:
-    """A real worker process (`python -m tests.jobs.helpers SECONDS`: the production
-    worker with a slow sync handler), configured only through its environment."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(seconds: float, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
-        log = tmp_path / f"worker-{len(procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.jobs.helpers", str(seconds)],
-                cwd=ROOT,
-                env=service_env(fast, **env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(proc)
-        return proc, log
-
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 async def test_redis_recreated_with_a_new_password_as_the_runbook_does(
     redis_server: RedisServer,
     secret: Path,
     rt: Runtime,
     fast: Settings,
-    worker_process: Callable[..., tuple[subprocess.Popen[bytes], Path]],
+    procs: Processes,
 ) -> None:
     tenants = [f"t{i}" for i in range(4)]
     for t in tenants:
         await add_tenant(rt, t)
     s = fast.model_copy(update=on_redis(redis_server, secret))
-    proc, log = worker_process(
-        1.0,
-        REDIS_URL=redis_server.url,
-        REDIS_PASSWORD_FILE=str(secret),
-        WORKER_CONCURRENCY="1",
+    # A real worker process (`python -m tests.jobs.helpers SECONDS`: the production worker
+    # with a slow sync handler), configured only through its environment.
+    proc = procs.spawn(
+        "rotation-worker",
+        [sys.executable, "-m", "tests.jobs.helpers", "1.0"],
+        service_env(
+            fast,
+            REDIS_URL=redis_server.url,
+            REDIS_PASSWORD_FILE=str(secret),
+            WORKER_CONCURRENCY="1",
+        ),
     )
     async with app_client(s) as client, open_queues(s) as queues:
         jobs = [(await trigger_sync(rt, queues, t)).job_id for t in tenants]
@@ -346,7 +244,7 @@ async def test_redis_recreated_with_a_new_password_as_the_runbook_does(
     assert proc.poll() is None, "the worker process died"
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 30)
-    output = log.read_text()
+    output = procs.log_of(proc)
     assert code == 0, output
     # redis-py retries a refused or dropped connection itself: BullMQ saw no error.
     assert output.count("worker.error") == 0, output
@@ -415,117 +313,16 @@ async def test_a_secret_file_written_late_is_picked_up_and_nothing_spins_meanwhi
 # -- PostgreSQL -------------------------------------------------------------------------
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-class PostgresServer:
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresCluster]:
     """A private cluster: local socket trusted (for the test's admin), 127.0.0.1 needs
     a scram-sha-256 password, so a wrong password is really refused."""
-
-    def __init__(self) -> None:
-        initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
-        if not initdb or not postgres:
-            pytest.skip("initdb/postgres binaries not found")
-        self.initdb, self.postgres = initdb, postgres
-        # PostgreSQL refuses to run as root: run it as the `postgres` user then.
-        self.user: str | None = None
-        if os.geteuid() == 0:
-            try:
-                pwd.getpwnam("postgres")
-            except KeyError:
-                pytest.skip("running as root and there is no postgres user")
-            self.user = "postgres"
-        self.dir = Path(tempfile.mkdtemp(prefix="erp-sync-pg-"))
-        if self.user:
-            shutil.chown(self.dir, self.user)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        data = self.dir / "data"
-        subprocess.run(
-            [
-                self.initdb,
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-            user=self.user,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        log = open(self.dir / "postgres.log", "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [
-                self.postgres,
-                "-D",
-                str(data),
-                "-p",
-                str(self.port),
-                "-k",
-                str(self.dir),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ],
-            user=self.user,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with self.admin():
-                    return
-            except psycopg.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "postgres did not start: " + (self.dir / "postgres.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.1)
-
-    def admin(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host=str(self.dir), port=self.port, user="postgres", dbname=dbname, autocommit=True
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    with postgres_cluster() as pg:
+        yield pg
 
 
 async def test_database_password_rotation_needs_no_restart(
-    postgres_server: PostgresServer,
+    postgres_server: PostgresCluster,
     tmp_path: Path,
     fast: Settings,
     start_worker: Callable[..., Any],

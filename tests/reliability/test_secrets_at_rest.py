@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis as syncredis
 
 from erp_sync.jobs.names import SYNC_QUEUE
 from erp_sync.jobs.queues import JobQueues
@@ -28,14 +27,13 @@ from erp_sync.jobs.service import trigger_sync
 from erp_sync.kit.crypto import Box
 from erp_sync.runtime import Runtime
 from erp_sync.settings import Settings
-from tests.conftest import API_TOKEN, ENCRYPTION_KEY, REDIS_URL
+from tests.conftest import API_TOKEN, ENCRYPTION_KEY
 from tests.jobs.test_processes import worker_env
 from tests.reliability.support import (
     EVIDENCE,
     Processes,
     add_bling_tenant,
-    dump_database,
-    dump_redis,
+    dump_evidence,
     sandbox_process,
 )
 
@@ -149,9 +147,7 @@ async def test_no_secret_in_any_dump_or_log(
         for text in (r.text, str(connection), ok.text, listed):
             assert not [s for s in EVIDENCE.secrets if len(s) >= 6 and s in text]
 
-    dump_database(clean_db, "secrets")
-    with syncredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
-        dump_redis(redis, f"{fast.queue_prefix}:*", "secrets")
+    dump_evidence(clean_db, fast.queue_prefix, "secrets")
     procs.kill_all()  # flushes nothing more, but the logs are complete now
 
     scanned, findings = EVIDENCE.scan()

@@ -32,7 +32,7 @@ from tests.connectors.test_tryton import (
     restore,
     throwaway_login,
 )
-from tests.jobs.helpers import wait_until
+from tests.jobs.helpers import sync_until_failed, wait_until
 from tests.tryton_peer.harness import edit, peer_env
 
 pytestmark = [pytest.mark.slow]
@@ -337,17 +337,7 @@ async def test_a_wrong_password_needs_reauth_without_retries(
         rt, tryton, credentials={"login": throwaway_login(), "password": password}
     )
     await start_worker()
-    job = await trigger_sync(rt, queues, "acme")
-
-    async def failed() -> bool:
-        return await queues.job_state(SYNC_QUEUE, job.job_id) == "failed"
-
-    await wait_until(failed, timeout=30, what="the job to fail")
-    async with rt.unit_of_work() as s:
-        conn = (
-            await s.execute(select(ErpConnection).where(ErpConnection.tenantId == "acme"))
-        ).scalar_one()
-        runs = (await s.execute(select(JobRun).where(JobRun.jobId == job.job_id))).scalars().all()
+    conn, runs = await sync_until_failed(rt, queues)
     assert conn.status == "NEEDS_REAUTH"
     assert len(runs) == 1, "a refused login must not be retried"
     assert runs[0].status == "FAILED"

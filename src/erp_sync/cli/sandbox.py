@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from erp_sync.sandbox.common import SandboxConfig
+
+C = TypeVar("C", bound="SandboxConfig")
 
 DEMO_SECRET = "sandbox-secret"  # noqa: S105 - a public demo credential, printed at start
 
@@ -21,6 +27,7 @@ def _group() -> None:
 
 @sandbox_app.command()
 def bling(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 8901,
     products: Annotated[int, typer.Option(help="Products at start")] = 1000,
@@ -47,44 +54,13 @@ def bling(
 ) -> None:
     """Serve the Bling API v3 sandbox until Ctrl-C."""
     from erp_sync.sandbox.bling import BlingSandboxConfig, serve
-    from erp_sync.sandbox.common import parse_local
 
-    try:
-        config = BlingSandboxConfig(
-            anchor=parse_local(anchor) if anchor else 0,
-            host=host,
-            port=port,
-            products=products,
-            customers=customers,
-            orders=orders,
-            warehouses=warehouses,
-            seed=seed,
-            history_days=history_days,
-            latency_ms=latency_ms,
-            error_rate=error_rate,
-            malformed_rate=malformed_rate,
-            rate_limit=rate_limit,
-            daily_limit=daily_limit,
-            token_ttl=token_ttl,
-            client_id=client_id,
-            client_secret=client_secret,
-            auth_code=auth_code,
-            mutate_every=mutate_every,
-        )
-        config.knobs()  # validates the runtime knobs before binding anything
-        serve(config, announce=lambda line: typer.echo(line))
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        pass
+    _serve(BlingSandboxConfig, serve, ctx.params)
 
 
 @sandbox_app.command()
 def omie(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 8902,
     products: Annotated[int, typer.Option(help="Products at start")] = 1000,
@@ -121,41 +97,34 @@ def omie(
     ] = 0.0,
 ) -> None:
     """Serve the Omie API sandbox until Ctrl-C."""
-    from erp_sync.sandbox.common import parse_local
     from erp_sync.sandbox.omie import DEMO_APP_KEY, DEMO_APP_SECRET, OmieSandboxConfig, serve
 
+    # "" (the default) means the demo app key and secret.
+    credentials = {"app_key": app_key or DEMO_APP_KEY, "app_secret": app_secret or DEMO_APP_SECRET}
+    _serve(OmieSandboxConfig, serve, {**ctx.params, **credentials})
+
+
+def _serve(
+    config_type: Callable[..., C],
+    serve: Callable[[C, Callable[[str], None]], None],
+    options: Mapping[str, Any],
+) -> None:
+    """Serve one sandbox until Ctrl-C. Each option of its command is the config field of
+    the same name (``--anchor`` a date, parsed here). A bad value exits 2, a port that
+    cannot be taken 1."""
+    from erp_sync.sandbox.common import parse_local
+
+    anchor = options["anchor"]
     try:
-        config = OmieSandboxConfig(
-            anchor=parse_local(anchor) if anchor else 0,
-            host=host,
-            port=port,
-            products=products,
-            customers=customers,
-            orders=orders,
-            warehouses=warehouses,
-            seed=seed,
-            history_days=history_days,
-            latency_ms=latency_ms,
-            error_rate=error_rate,
-            malformed_rate=malformed_rate,
-            ip_limit=ip_limit,
-            method_limit=method_limit,
-            method_concurrency=method_concurrency,
-            limit_window=limit_window,
-            redundant_window=redundant_window,
-            block_after=block_after,
-            block_seconds=block_seconds,
-            app_key=app_key or DEMO_APP_KEY,
-            app_secret=app_secret or DEMO_APP_SECRET,
-            mutate_every=mutate_every,
-        )
+        config = config_type(**{**options, "anchor": parse_local(anchor) if anchor else 0})
         config.knobs()  # validates the runtime knobs before binding anything
-        serve(config, announce=lambda line: typer.echo(line))
+        serve(config, lambda line: typer.echo(line))
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:
-        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        where = f"{options['host']}:{options['port']}"
+        typer.echo(f"error: cannot listen on {where}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass

@@ -113,7 +113,7 @@ import binascii
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
@@ -131,21 +131,26 @@ from erp_sync.sandbox.common import (
     AccountSpec,
     Customer,
     Dataset,
-    DatasetSpec,
     FaultAction,
     JSONBytes,
     Knobs,
     Order,
     Product,
     RecordSpace,
+    SandboxConfig,
     SandboxCore,
     StockLine,
     Window,
     add_one_year,
     admin_routes,
+    bad_gateway_page,
+    bump_last_digit,
+    comma_decimal,
     fmt_date,
+    money,
     parse_local,
     periodic_mutations_lifespan,
+    qty,
     serve_forever,
     serve_in_thread,
 )
@@ -174,21 +179,10 @@ MALFORMED_KIND_NAMES: Mapping[str, Sequence[str]] = {
 
 
 @dataclass(frozen=True)
-class BlingSandboxConfig:
-    """Everything the CLI can set; the runtime knobs can be changed later over HTTP."""
+class BlingSandboxConfig(SandboxConfig):
+    """Everything the CLI can set: the common settings, Bling's limits and its OAuth app."""
 
-    host: str = "127.0.0.1"
     port: int = 8901
-    products: int = 1000
-    customers: int = 300
-    orders: int = 2000
-    warehouses: int = 3
-    seed: int = 1
-    history_days: int = 730
-    anchor: int = 0
-    latency_ms: int = 0
-    error_rate: float = 0.0
-    malformed_rate: float = 0.0
     rate_limit: int = 3
     daily_limit: int = 120_000
     token_ttl: int = 21600
@@ -196,16 +190,12 @@ class BlingSandboxConfig:
     client_id: str = "merxios-sandbox"
     client_secret: str = "sandbox-secret"  # noqa: S105 - public demo credential
     auth_code: str = "sandbox-code"
-    extra_accounts: tuple[AccountSpec, ...] = field(default=())
-    mutate_every: float = 0.0
 
     def knobs(self) -> Knobs:
         knobs = Knobs()
         knobs.update(
             {
-                "latency_ms": self.latency_ms,
-                "error_rate": self.error_rate,
-                "malformed_rate": self.malformed_rate,
+                **self.base_knobs(),
                 "rate_limit": self.rate_limit,
                 "daily_limit": self.daily_limit,
                 "token_ttl": self.token_ttl,
@@ -341,18 +331,6 @@ def date_window(
 
 
 # ------------------------------------------------------------------- rendering
-
-
-def money(cents: int) -> float:
-    return cents / 100
-
-
-def qty(milli: int) -> float:
-    return milli / 1000
-
-
-def _comma(value: float) -> str:
-    return f"{value:.2f}".replace(".", ",")
 
 
 def product_base(p: Product, stock: list[StockLine]) -> dict[str, Any]:
@@ -615,7 +593,7 @@ def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, An
         if kind == 0:
             record.pop("id", None)
         elif kind == 1:
-            record["preco"] = _comma(record["preco"])
+            record["preco"] = comma_decimal(record["preco"])
         elif kind == 2:
             record["nome"] = None
         else:
@@ -624,7 +602,7 @@ def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, An
         if kind == 0:
             record.pop("produto", None)
         elif kind == 1:
-            record["saldoFisicoTotal"] = _comma(record["saldoFisicoTotal"])
+            record["saldoFisicoTotal"] = comma_decimal(record["saldoFisicoTotal"])
         elif kind == 2:
             record["depositos"] = None
         else:
@@ -635,14 +613,13 @@ def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, An
         elif kind == 1:
             record["nome"] = None
         elif kind == 2:
-            doc = record["numeroDocumento"]
-            record["numeroDocumento"] = doc[:-1] + str((int(doc[-1]) + 1) % 10)
+            record["numeroDocumento"] = bump_last_digit(record["numeroDocumento"])
         else:
             record["nome"] = [record["nome"]]
     elif kind == 0:
         record.pop("id", None)
     elif kind == 1:
-        record["total"] = _comma(record["total"])
+        record["total"] = comma_decimal(record["total"])
     elif kind == 2:
         record["contato"] = None
     else:
@@ -677,24 +654,8 @@ class BlingSandbox:
     def __init__(self, config: BlingSandboxConfig) -> None:
         self.config = config
         main = AccountSpec(config.client_id, config.client_secret, config.auth_code)
-        specs = [main, *config.extra_accounts]
         self.core = SandboxCore(
-            [
-                (
-                    spec,
-                    DatasetSpec(
-                        seed=config.seed,
-                        products=config.products,
-                        customers=config.customers,
-                        orders=config.orders,
-                        warehouses=config.warehouses,
-                        history_days=config.history_days,
-                        anchor=config.anchor,
-                        account_no=number,
-                    ),
-                )
-                for number, spec in enumerate(specs)
-            ],
+            config.accounts(main),
             config.knobs(),
             MALFORMED_KIND_NAMES,
             refresh_ttl=config.refresh_ttl,
@@ -1104,12 +1065,7 @@ class BlingSandbox:
 def injected_failure(status: int) -> Response:
     """The three shapes upstream failures take in the wild (one is not even JSON)."""
     if status == 502:
-        return Response(
-            "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
-            "Gateway</h1></center></body></html>",
-            status_code=502,
-            media_type="text/html",
-        )
+        return bad_gateway_page()
     if status == 503:
         return BlingError(
             503,

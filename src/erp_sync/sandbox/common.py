@@ -5,9 +5,10 @@ data on every run, change it on demand, misbehave on demand, and afterwards say
 exactly what it holds, so that a sync can be checked record by record. Everything
 here is ERP-agnostic; a dialect module (``bling``, ``omie``...) only renders the
 canonical records in its ERP's JSON and enforces its ERP's request rules. Shared too:
-the runtime knobs (``BaseKnobs``, extended per dialect), request statistics, the
-admin endpoints (``admin_routes``, with per-dialect ``FaultAction``s) and the server
-plumbing (``serve_forever``, ``serve_in_thread``, ``periodic_mutations_lifespan``).
+the settings every sandbox starts with (``SandboxConfig``) and its runtime knobs
+(``BaseKnobs``), both extended per dialect, request statistics, the admin endpoints
+(``admin_routes``, with per-dialect ``FaultAction``s) and the server plumbing
+(``serve_forever``, ``serve_in_thread``, ``periodic_mutations_lifespan``).
 
 How the data stays cheap and deterministic
 ------------------------------------------
@@ -167,6 +168,24 @@ def add_one_year(ts: int) -> int:
         day = 28
     later = calendar.timegm((year, t.tm_mon, day, t.tm_hour, t.tm_min, t.tm_sec, 0, 0, 0))
     return later - BRT_OFFSET_SECONDS
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def money(cents: int) -> float:
+    """Cents as the JSON number the ERPs send (never a string)."""
+    return cents / 100
+
+
+def qty(milli: int) -> float:
+    """Thousandths of a unit as a JSON number."""
+    return milli / 1000
+
+
+def comma_decimal(value: float) -> str:
+    """``12.5`` as ``"12,50"``: a number the way a broken record carries it."""
+    return f"{float(value):.2f}".replace(".", ",")
 
 
 # ------------------------------------------------------ Brazilian-looking vocabulary
@@ -530,10 +549,15 @@ def gtin13_789(item: int) -> str:
     return f"789{item:09d}{(10 - total % 10) % 10}"
 
 
+def bump_last_digit(digits: str) -> str:
+    """The last digit one up (9 wraps to 0): a valid CPF/CNPJ so changed fails its check."""
+    return digits[:-1] + str((int(digits[-1]) + 1) % 10)
+
+
 def _not_repdigit(digits: str) -> str:
     """CPF/CNPJ made of one repeated digit are invalid by rule; nudge the last one."""
     if len(set(digits)) == 1:
-        return digits[:-1] + str((int(digits[-1]) + 1) % 10)
+        return bump_last_digit(digits)
     return digits
 
 
@@ -1841,6 +1865,55 @@ class AccountSpec:
     auth_code: str = ""
 
 
+@dataclass(frozen=True)
+class SandboxConfig:
+    """What every sandbox's CLI can set: where it listens, its data, the faults every ERP
+    can show and the periodic changes. A dialect's config adds its own limits and
+    credentials and its own default port; the runtime knobs can be changed later over
+    HTTP."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = any free port
+    products: int = 1000
+    customers: int = 300
+    orders: int = 2000
+    warehouses: int = 3
+    seed: int = 1
+    history_days: int = 730
+    anchor: int = 0
+    latency_ms: int = 0
+    error_rate: float = 0.0
+    malformed_rate: float = 0.0
+    # More accounts besides the main one, each with data of its own (ids shifted).
+    extra_accounts: tuple[AccountSpec, ...] = field(default=())
+    mutate_every: float = 0.0
+
+    def accounts(self, main: AccountSpec) -> list[tuple[AccountSpec, DatasetSpec]]:
+        """The main account and the extra ones for ``SandboxCore``, each with data of its
+        own: the config's ``DatasetSpec`` fields, ids shifted by the account's number."""
+        data = {
+            f.name: getattr(self, f.name) for f in fields(DatasetSpec) if f.name != "account_no"
+        }
+        return [
+            (spec, DatasetSpec(**data, account_no=number))
+            for number, spec in enumerate([main, *self.extra_accounts])
+        ]
+
+    def base_knobs(self) -> dict[str, object]:
+        """The ``BaseKnobs`` as set at start (a dialect's ``knobs()`` adds its own)."""
+        return {
+            "latency_ms": self.latency_ms,
+            "error_rate": self.error_rate,
+            "malformed_rate": self.malformed_rate,
+        }
+
+    def knobs(self) -> BaseKnobs:
+        """The runtime knobs as set at start; ValueError names a bad one."""
+        knobs = BaseKnobs()
+        knobs.update(self.base_knobs())
+        return knobs
+
+
 @dataclass
 class Account:
     spec: AccountSpec
@@ -1855,6 +1928,16 @@ class JSONBytes(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def bad_gateway_page() -> Response:
+    """An injected 502 as the proxy in front of an ERP sends it: an HTML page, not JSON."""
+    return Response(
+        "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
+        "Gateway</h1></center></body></html>",
+        status_code=502,
+        media_type="text/html",
+    )
 
 
 K = TypeVar("K", bound=BaseKnobs)

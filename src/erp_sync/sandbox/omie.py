@@ -126,17 +126,22 @@ from erp_sync.sandbox.common import (
     BaseKnobs,
     Customer,
     Dataset,
-    DatasetSpec,
     FaultAction,
     JSONBytes,
     Order,
     Product,
+    SandboxConfig,
     SandboxCore,
     SlidingWindowLimiter,
     StockLine,
     Window,
     admin_routes,
+    bad_gateway_page,
+    bump_last_digit,
+    comma_decimal,
+    money,
     periodic_mutations_lifespan,
+    qty,
     serve_forever,
     serve_in_thread,
 )
@@ -214,21 +219,13 @@ class OmieKnobs(BaseKnobs):
 
 
 @dataclass(frozen=True)
-class OmieSandboxConfig:
-    """Everything the CLI can set; the runtime knobs can be changed later over HTTP."""
+class OmieSandboxConfig(SandboxConfig):
+    """Everything the CLI can set: the common settings, Omie's consumption rules and the
+    app key. Extra accounts are more app keys (client_id = app_key, client_secret =
+    app_secret), each with its own data and its own per-method limits; the IP limit is
+    shared."""
 
-    host: str = "127.0.0.1"
     port: int = 8902
-    products: int = 1000
-    customers: int = 300
-    orders: int = 2000
-    warehouses: int = 3
-    seed: int = 1
-    history_days: int = 730
-    anchor: int = 0
-    latency_ms: int = 0
-    error_rate: float = 0.0
-    malformed_rate: float = 0.0
     ip_limit: int = 960
     method_limit: int = 240
     method_concurrency: int = 4
@@ -238,18 +235,12 @@ class OmieSandboxConfig:
     block_seconds: int = 1800
     app_key: str = DEMO_APP_KEY
     app_secret: str = DEMO_APP_SECRET
-    # More app keys (client_id = app_key, client_secret = app_secret), each with its
-    # own data (ids shifted) and its own per-method limits; the IP limit is shared.
-    extra_accounts: tuple[AccountSpec, ...] = field(default=())
-    mutate_every: float = 0.0
 
     def knobs(self) -> OmieKnobs:
         knobs = OmieKnobs()
         knobs.update(
             {
-                "latency_ms": self.latency_ms,
-                "error_rate": self.error_rate,
-                "malformed_rate": self.malformed_rate,
+                **self.base_knobs(),
                 "ip_limit": self.ip_limit,
                 "method_limit": self.method_limit,
                 "method_concurrency": self.method_concurrency,
@@ -327,12 +318,7 @@ INVALID_KEY = OmieFault(
 def injected_failure(status: int) -> Response:
     """The shapes an unstable Omie answers with (one is a proxy's HTML page)."""
     if status == 502:
-        return Response(
-            "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
-            "Gateway</h1></center></body></html>",
-            status_code=502,
-            media_type="text/html",
-        )
+        return bad_gateway_page()
     if status == 503:
         return OmieFault(
             503,
@@ -423,14 +409,6 @@ def page_of(total: int, page: int, size: int) -> int:
 
 
 # ------------------------------------------------------------------- rendering
-
-
-def money(cents: int) -> float:
-    return cents / 100
-
-
-def qty(milli: int) -> float:
-    return milli / 1000
 
 
 def dotted_ncm(ncm: str) -> str:
@@ -641,17 +619,13 @@ def order_record(o: Order) -> dict[str, Any]:
     }
 
 
-def _comma(value: Any) -> str:
-    return f"{float(value):.2f}".replace(".", ",")
-
-
 def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, Any]:
     """Spoil one record the way ``MALFORMED_KIND_NAMES[stream][kind]`` says."""
     if stream == "products":
         if kind == 0:
             record.pop("codigo_produto", None)
         elif kind == 1:
-            record["valor_unitario"] = _comma(record["valor_unitario"])
+            record["valor_unitario"] = comma_decimal(record["valor_unitario"])
         elif kind == 2:
             record["descricao"] = None
         else:
@@ -660,7 +634,7 @@ def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, An
         if kind == 0:
             record.pop("nCodProd", None)
         elif kind == 1:
-            record["fisico"] = _comma(record["fisico"])
+            record["fisico"] = comma_decimal(record["fisico"])
         elif kind == 2:
             record["reservado"] = None
         else:
@@ -671,15 +645,14 @@ def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, An
         elif kind == 1:
             record["razao_social"] = None
         elif kind == 2:
-            doc = record["cnpj_cpf"]
-            record["cnpj_cpf"] = doc[:-1] + str((int(doc[-1]) + 1) % 10)
+            record["cnpj_cpf"] = bump_last_digit(record["cnpj_cpf"])
         else:
             record["razao_social"] = [record["razao_social"]]
     elif kind == 0:
         record["cabecalho"].pop("codigo_pedido", None)
     elif kind == 1:
         totals = record["total_pedido"]
-        totals["valor_total_pedido"] = _comma(totals["valor_total_pedido"])
+        totals["valor_total_pedido"] = comma_decimal(totals["valor_total_pedido"])
     elif kind == 2:
         record["cabecalho"] = None
     else:
@@ -724,24 +697,8 @@ class OmieSandbox:
     def __init__(self, config: OmieSandboxConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         main = AccountSpec(config.app_key, config.app_secret)
-        specs = [main, *config.extra_accounts]
         self.core: SandboxCore[OmieKnobs] = SandboxCore(
-            [
-                (
-                    spec,
-                    DatasetSpec(
-                        seed=config.seed,
-                        products=config.products,
-                        customers=config.customers,
-                        orders=config.orders,
-                        warehouses=config.warehouses,
-                        history_days=config.history_days,
-                        anchor=config.anchor,
-                        account_no=number,
-                    ),
-                )
-                for number, spec in enumerate(specs)
-            ],
+            config.accounts(main),
             config.knobs(),
             MALFORMED_KIND_NAMES,
             fault_seed=config.seed,
