@@ -8,6 +8,12 @@ it, whatever their timing. A request is logged at the moment it leaves, so a wor
 was late (descheduled, slow) does not squeeze the next ones together. Windows get a small
 margin for network jitter. A 429 or a Retry-After holds every worker on the account; a
 daily quota is counted too.
+
+A call that several budgets count at once (Omie's: one per IP, one per app key and method)
+takes them together with ``acquire_all``: one script checks every window of every budget
+and logs the call in all of them only if all have room. Taken one after the other, the
+first budget would log the call while it still waits for the next, and calls logged evenly
+in the first would leave bunched together.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -71,6 +77,65 @@ for i = 3, #KEYS do
   redis.call('PEXPIRE', KEYS[i], window + inflight + 1000)
 end
 return {0, 0}
+"""
+
+# ACQUIRE for one call counted by several budgets, all or nothing: the call waits for the
+# longest hold or window of any of them, a daily quota refuses it before any budget counts
+# it, and only a call every budget has room for is logged, in every window of each.
+# KEYS: per governor g: hold_g, day_g, log_g_1..log_g_n
+# ARGV: member, inflight_ms, then per governor g: n, day_limit, day_ttl, (limit_i, window_i)...
+# -> {0, 0, 0} taken | {wait ms, 0, g} | {-2, day ms left, g} (1-based g: whose limit)
+ACQUIRE_ALL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local govs = {}
+local k, a = 1, 3
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  govs[#govs + 1] = {k, a, n}
+  k = k + 2 + n
+  a = a + 3 + 2 * n
+end
+local wait, who = 0, 0
+for g, gov in ipairs(govs) do
+  local hold = tonumber(redis.call('GET', KEYS[gov[1]]) or '0')
+  if hold - now > wait then wait, who = hold - now, g end
+end
+if wait > 0 then return {wait, 0, who} end
+for g, gov in ipairs(govs) do
+  for i = 1, gov[3] do
+    local key = KEYS[gov[1] + 1 + i]
+    local limit = tonumber(ARGV[gov[2] + 1 + 2 * i])
+    local window = tonumber(ARGV[gov[2] + 2 + 2 * i])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    if redis.call('ZCARD', key) >= limit then
+      local oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+      local w = oldest + window - now + 1
+      if oldest > now then w = 20 end  -- every slot is a call still in flight: look again soon
+      if w > wait then wait, who = w, g end
+    end
+  end
+end
+if wait > 0 then return {wait, 0, who} end
+for g, gov in ipairs(govs) do
+  local day_limit = tonumber(ARGV[gov[2] + 1])
+  if day_limit > 0 and tonumber(redis.call('GET', KEYS[gov[1] + 1]) or '0') >= day_limit then
+    return {-2, redis.call('PTTL', KEYS[gov[1] + 1]), g}
+  end
+end
+local inflight = tonumber(ARGV[2])
+for _, gov in ipairs(govs) do
+  if tonumber(ARGV[gov[2] + 1]) > 0 then
+    local day = KEYS[gov[1] + 1]
+    if redis.call('INCR', day) == 1 then redis.call('PEXPIRE', day, tonumber(ARGV[gov[2] + 2])) end
+  end
+  for i = 1, gov[3] do
+    local key = KEYS[gov[1] + 1 + i]
+    redis.call('ZADD', key, now + inflight, ARGV[1])
+    redis.call('PEXPIRE', key, tonumber(ARGV[gov[2] + 2 + 2 * i]) + inflight + 1000)
+  end
+end
+return {0, 0, 0}
 """
 
 # A request's answer came back: log it at this moment (the ERP counted it before now).
@@ -159,6 +224,7 @@ class Governor:
             self.windows.append((1, 60000.0 / limits.per_minute))
         self._log_keys = [f"{base}:log:{i}" for i in range(len(self.windows))]
         self._acquire = redis.register_script(ACQUIRE)
+        self._acquire_all = redis.register_script(ACQUIRE_ALL)
         self._landed = redis.register_script(LANDED)
         self._penalize = redis.register_script(PENALIZE)
         self._acquire_slot = redis.register_script(ACQUIRE_SLOT)
@@ -190,36 +256,16 @@ class Governor:
         # Even with no published limits the hold is read: a 429's penalty must stop every
         # worker on the account (one Redis round trip, far below an HTTP call).
         args: list[int | str] = [member, self.limits.per_day or 0, _ms_to_brasilia_midnight()]
+        args += self._window_args(margin=margin)
+        args.append(inflight)
+        keys = [self._hold_key, self._day_key, *self._log_keys]
+        return await _wait_for_room([self], lambda: self._acquire(keys=keys, args=args))
+
+    def _window_args(self, *, margin: bool) -> list[int | str]:
+        args: list[int | str] = []
         for limit, window in self.windows:
             args += [limit, _with_margin(window) if margin else math.ceil(window)]
-        args.append(inflight)
-        waited = 0.0
-        while True:
-            wait_ms, extra = await self._acquire(
-                keys=[self._hold_key, self._day_key, *self._log_keys], args=args
-            )
-            wait_ms = int(wait_ms)
-            if wait_ms == 0:
-                break
-            if wait_ms == -2:
-                metrics.GOVERNOR_REFUSALS.labels(self.provider, "daily_quota").inc()
-                raise RateLimited(
-                    "the ERP account's daily request quota is used up; "
-                    "the sync resumes after midnight",
-                    retry_after=int(extra) / 1000,
-                )
-            if waited * 1000 + wait_ms > MAX_WAIT_MS:
-                metrics.GOVERNOR_REFUSALS.labels(self.provider, "busy").inc()
-                raise RateLimited(
-                    "the ERP account is busy with other syncs for the next minutes; trying later",
-                    retry_after=wait_ms / 1000,
-                )
-            await asyncio.sleep(wait_ms / 1000)
-            waited += wait_ms / 1000
-        self.stats.requests += 1
-        self.stats.waited_seconds += waited
-        metrics.GOVERNOR_WAIT.labels(self.provider).observe(waited)
-        return waited
+        return args
 
     async def penalize(self, seconds: float) -> None:
         """Hold every worker's next request on this account for ``seconds`` (after a 429
@@ -246,3 +292,60 @@ class Governor:
         finally:
             with contextlib.suppress(Exception):
                 await self.redis.zrem(self._slots_key, token)
+
+
+async def acquire_all(governors: Sequence[Governor]) -> float:
+    """``acquire()`` for one request that every one of ``governors`` counts (e.g. Omie's
+    per-IP and per-(app key, method) budgets): wait until all of them have room, then
+    count the request in all of them at the same moment, from now (with a margin for
+    jitter). Each one's hold and daily quota apply as in ``acquire()``; a request one of
+    them refuses is counted by none. Returns the seconds waited. The governors share one
+    Redis client: one script call checks and logs them all."""
+    if not governors:
+        raise ValueError("acquire_all needs at least one governor")
+    redis = governors[0].redis
+    if any(g.redis is not redis for g in governors):
+        raise ValueError("acquire_all: the governors must share one Redis client")
+    member = f"{governors[0]._member}{next(governors[0]._seq)}"
+    keys: list[str] = []
+    args: list[int | str] = [member, 0]
+    ttl = _ms_to_brasilia_midnight()
+    for gov in governors:
+        keys += [gov._hold_key, gov._day_key, *gov._log_keys]
+        args += [len(gov.windows), gov.limits.per_day or 0, ttl, *gov._window_args(margin=True)]
+    script = governors[0]._acquire_all
+    return await _wait_for_room(governors, lambda: script(keys=keys, args=args))
+
+
+async def _wait_for_room(
+    governors: Sequence[Governor], attempt: Callable[[], Awaitable[Any]]
+) -> float:
+    """Run ``attempt`` (an ACQUIRE script) until it takes the request, sleeping the waits it
+    returns; RateLimited when a daily quota is used up or the wait would be too long.
+    ``attempt`` answers [wait ms, extra, whose (1-based index into ``governors``)]."""
+    waited = 0.0
+    while True:
+        wait_ms, extra, *whose = await attempt()
+        wait_ms = int(wait_ms)
+        if wait_ms == 0:
+            break
+        provider = governors[int(whose[0]) - 1 if whose else 0].provider
+        if wait_ms == -2:
+            metrics.GOVERNOR_REFUSALS.labels(provider, "daily_quota").inc()
+            raise RateLimited(
+                "the ERP account's daily request quota is used up; the sync resumes after midnight",
+                retry_after=int(extra) / 1000,
+            )
+        if waited * 1000 + wait_ms > MAX_WAIT_MS:
+            metrics.GOVERNOR_REFUSALS.labels(provider, "busy").inc()
+            raise RateLimited(
+                "the ERP account is busy with other syncs for the next minutes; trying later",
+                retry_after=wait_ms / 1000,
+            )
+        await asyncio.sleep(wait_ms / 1000)
+        waited += wait_ms / 1000
+    for gov in governors:
+        gov.stats.requests += 1
+        gov.stats.waited_seconds += waited
+    metrics.GOVERNOR_WAIT.labels(governors[0].provider).observe(waited)
+    return waited

@@ -20,8 +20,14 @@ call, in this order (all state in Redis, shared by every worker):
    within the window. A call Omie certainly did not process (429, 502, 503) releases its
    key at once, so its retry need not wait; after a timeout or a server fault it may have
    been processed, so the retry waits the window out.
-4. **Rate and concurrency** (``erp_sync.connectors.governor``): one budget for the IP
-   (960/min, every tenant), one per (app key, method) (240/min and a slot of 4).
+4. **Concurrency** (``erp_sync.connectors.governor``): a slot of the 4 per (app key,
+   method), held until the answer is back.
+5. **Rate**, with the slot held, right before the call leaves: one budget for the IP
+   (960/min, every tenant) and one per (app key, method) (240/min), taken in one step
+   (``acquire_all``): the call is logged in both windows at the same moment, only once
+   both have room. Taken one after the other, whichever came first logged the call while
+   it still waited for the other (or for a slot), so calls it had spaced evenly left
+   bunched together and Omie saw more in its window than we had counted.
 
 Then the answer is read once (``mapping.fault_of``): data, "no records" (an empty page,
 not an error), or a fault mapped to our taxonomy.
@@ -40,7 +46,7 @@ from typing import Any
 import orjson
 
 from erp_sync.connectors.base import RateLimits
-from erp_sync.connectors.governor import Governor
+from erp_sync.connectors.governor import MAX_WAIT_MS, Governor, acquire_all
 from erp_sync.connectors.http import ErpHttp, ErpResponse, parse_retry_after
 from erp_sync.connectors.omie.cursor import BRASILIA
 from erp_sync.connectors.omie.mapping import Fault, FaultKind, describe_error, fault_of
@@ -58,7 +64,9 @@ from erp_sync.errors import (
 OWN_STATUSES = (425, 429, 500, 502, 503, 504)
 NOT_PROCESSED = (429, 502, 503)
 DEFAULT_BLOCK_S = 1800.0
-SLOT_LEASE_S = 200.0  # above the HTTP layer's 180 s deadline for one call
+# The slot is held while the rate budgets are waited for (at most MAX_WAIT_MS) and
+# during the call (the HTTP layer's deadline: 180 s).
+SLOT_LEASE_S = MAX_WAIT_MS / 1000 + 200.0
 MAX_BACKOFF_S = 10.0
 CIRCUIT_BASE_S = 60.0
 CIRCUIT_MAX_S = 1800.0
@@ -285,9 +293,10 @@ class OmieClient:
         governor = self.method_governor(call)
         leaving = False
         try:
-            await self._ip.acquire()
-            await governor.acquire()
             async with governor.slot(lease_seconds=SLOT_LEASE_S):
+                # Last before the call leaves, both budgets at once: nothing waits between
+                # the moment they log the call and its departure.
+                await acquire_all([self._ip, governor])
                 # The window starts when the call leaves, not when it was reserved.
                 if not await self._refresh(keys=[sent_key], args=[token, window_ms]):
                     # Our reservation expired while the governor held us and another
