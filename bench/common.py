@@ -113,6 +113,14 @@ def fresh_database(name: str) -> str:
     return url
 
 
+def checkpoint(url: str) -> None:
+    """Write out what earlier phases left in PostgreSQL's buffers before a timed phase, so
+    no phase pays for the checkpoint of another (a 1M-row load writes ~1 GB of WAL, the
+    default max_wal_size)."""
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CHECKPOINT")
+
+
 def drop_database(name: str) -> None:
     with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())

@@ -28,6 +28,7 @@ import redis
 from bench.common import (
     ERP_SYNC,
     ROOT,
+    checkpoint,
     cpu_seconds,
     drop_database,
     fresh_database,
@@ -115,6 +116,7 @@ def main() -> None:
                 finally:
                     await queues.close()
 
+            checkpoint(url)
             # CPU used by the three processes that share this machine's cores meanwhile.
             cpu_before = (cpu_seconds(worker.pid), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
             job_id = asyncio.run(enqueue())
@@ -135,6 +137,7 @@ def main() -> None:
             worker.wait(60)
     status, duration_ms, error = row
     assert status == "COMPLETED", error
+    checkpoint(url)
     rows, t_copy = copy_baseline(url)
     e2e_rate = rows / (duration_ms / 1000)
     copy_rate = rows / t_copy

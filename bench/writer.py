@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 
-from bench.common import drop_database, fresh_database, record
+from bench.common import checkpoint, drop_database, fresh_database, record
 from erp_sync.canonical import Product
 from erp_sync.models import ErpConnection, Tenant
 from erp_sync.runtime import open_runtime
@@ -132,10 +132,13 @@ def main() -> None:
     ]
     gc.collect()
     gc.freeze()
+    checkpoint(url)
     t_copy = copy_baseline(url, batches)
     print(f"COPY baseline: {args.rows / t_copy:,.0f} rows/s", flush=True)
+    checkpoint(url)
     t_first, c1 = asyncio.run(upsert_all(url, batches))
     print(f"first load: {args.rows / t_first:,.0f} rows/s ({c1.inserted} inserted)", flush=True)
+    checkpoint(url)
     t_again, c2 = asyncio.run(upsert_all(url, batches))
     print(
         f"unchanged re-sync: {args.rows / t_again:,.0f} rows/s ({c2.unchanged} unchanged)",
