@@ -42,50 +42,15 @@ MARGIN_MS = 30
 MARGIN_SHARE = 0.02
 MAX_WAIT_MS = 120_000
 
-# KEYS: hold, day, log_1..log_n
-# ARGV: member, day_limit, day_ttl, (limit_i, window_i)..., inflight_ms
-ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local hold = tonumber(redis.call('GET', KEYS[1]) or '0')
-if hold > now then return {hold - now, 0} end
-local wait = 0
-for i = 3, #KEYS do
-  local limit = tonumber(ARGV[2 + 2 * (i - 2)])
-  local window = tonumber(ARGV[3 + 2 * (i - 2)])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[i]) >= limit then
-    local oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
-    if oldest > now then
-      wait = math.max(wait, 20)  -- every slot is a call still in flight: look again soon
-    else
-      wait = math.max(wait, oldest + window - now + 1)
-    end
-  end
-end
-if wait > 0 then return {wait, 0} end
-local day_limit = tonumber(ARGV[2])
-if day_limit > 0 then
-  local used = redis.call('INCR', KEYS[2])
-  if used == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3])) end
-  if used > day_limit then return {-2, redis.call('PTTL', KEYS[2])} end
-end
-local inflight = tonumber(ARGV[#ARGV])
-for i = 3, #KEYS do
-  local window = tonumber(ARGV[3 + 2 * (i - 2)])
-  redis.call('ZADD', KEYS[i], now + inflight, ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], window + inflight + 1000)
-end
-return {0, 0}
-"""
-
-# ACQUIRE for one call counted by several budgets, all or nothing: the call waits for the
-# longest hold or window of any of them, a daily quota refuses it before any budget counts
-# it, and only a call every budget has room for is logged, in every window of each.
+# Room for one call in the windows of one or more budgets (one account's, or all those
+# that count the same call, e.g. Omie's per IP and per method), all or nothing: the call
+# waits for the longest hold or window of any of them, a daily quota refuses it before
+# any budget counts it, and only a call every budget has room for is logged, in every
+# window of each (as in flight until ``now + inflight_ms``).
 # KEYS: per governor g: hold_g, day_g, log_g_1..log_g_n
 # ARGV: member, inflight_ms, then per governor g: n, day_limit, day_ttl, (limit_i, window_i)...
 # -> {0, 0, 0} taken | {wait ms, 0, g} | {-2, day ms left, g} (1-based g: whose limit)
-ACQUIRE_ALL = """
+ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local govs = {}
@@ -224,7 +189,6 @@ class Governor:
             self.windows.append((1, 60000.0 / limits.per_minute))
         self._log_keys = [f"{base}:log:{i}" for i in range(len(self.windows))]
         self._acquire = redis.register_script(ACQUIRE)
-        self._acquire_all = redis.register_script(ACQUIRE_ALL)
         self._landed = redis.register_script(LANDED)
         self._penalize = redis.register_script(PENALIZE)
         self._acquire_slot = redis.register_script(ACQUIRE_SLOT)
@@ -255,17 +219,14 @@ class Governor:
     async def _take(self, member: str, *, margin: bool, inflight: int) -> float:
         # Even with no published limits the hold is read: a 429's penalty must stop every
         # worker on the account (one Redis round trip, far below an HTTP call).
-        args: list[int | str] = [member, self.limits.per_day or 0, _ms_to_brasilia_midnight()]
-        args += self._window_args(margin=margin)
-        args.append(inflight)
-        keys = [self._hold_key, self._day_key, *self._log_keys]
-        return await _wait_for_room([self], lambda: self._acquire(keys=keys, args=args))
+        return await _take([self], member, margin=margin, inflight=inflight)
 
-    def _window_args(self, *, margin: bool) -> list[int | str]:
-        args: list[int | str] = []
+    def _script_input(self, *, margin: bool, day_ttl: int) -> tuple[list[str], list[int | str]]:
+        """This budget's KEYS and ARGV in an ACQUIRE call."""
+        args: list[int | str] = [len(self.windows), self.limits.per_day or 0, day_ttl]
         for limit, window in self.windows:
             args += [limit, _with_margin(window) if margin else math.ceil(window)]
-        return args
+        return [self._hold_key, self._day_key, *self._log_keys], args
 
     async def penalize(self, seconds: float) -> None:
         """Hold every worker's next request on this account for ``seconds`` (after a 429
@@ -306,14 +267,22 @@ async def acquire_all(governors: Sequence[Governor]) -> float:
     redis = governors[0].redis
     if any(g.redis is not redis for g in governors):
         raise ValueError("acquire_all: the governors must share one Redis client")
-    member = f"{governors[0]._member}{next(governors[0]._seq)}"
+    first = governors[0]
+    return await _take(governors, f"{first._member}{next(first._seq)}", margin=True, inflight=0)
+
+
+async def _take(
+    governors: Sequence[Governor], member: str, *, margin: bool, inflight: int
+) -> float:
+    """One ACQUIRE over ``governors`` (the first one's script and Redis), until taken."""
     keys: list[str] = []
-    args: list[int | str] = [member, 0]
+    args: list[int | str] = [member, inflight]
     ttl = _ms_to_brasilia_midnight()
     for gov in governors:
-        keys += [gov._hold_key, gov._day_key, *gov._log_keys]
-        args += [len(gov.windows), gov.limits.per_day or 0, ttl, *gov._window_args(margin=True)]
-    script = governors[0]._acquire_all
+        gov_keys, gov_args = gov._script_input(margin=margin, day_ttl=ttl)
+        keys += gov_keys
+        args += gov_args
+    script = governors[0]._acquire
     return await _wait_for_room(governors, lambda: script(keys=keys, args=args))
 
 
