@@ -15,10 +15,10 @@ Use it from a connector's test module with a small harness::
 What it proves, as a user would see it: the credentials check works and says when the
 credentials are wrong; a full read of every stream ends and delivers every record once;
 cursors only move forward, and a read resumed from the cursor of any page delivers
-exactly the rest (a crash repeats nothing and skips nothing); a second incremental
-read returns the changed records, not the catalogue; and ERP failures arrive as our
-error taxonomy (5xx -> RetryableError after retries, refused credentials ->
-ConfigError, a refused request -> ContractError), never as an httpx error.
+exactly the rest, and nothing after the last page (a crash repeats nothing and skips
+nothing); a second incremental read returns the changed records, not the catalogue; and
+ERP failures arrive as our error taxonomy (5xx -> RetryableError after retries, refused
+credentials -> ConfigError, a refused request -> ContractError), never as an httpx error.
 """
 
 from __future__ import annotations
@@ -188,7 +188,9 @@ class ConnectorContract:
         pages_with_records = [p for p in whole.pages if p.records]
         assert len(pages_with_records) >= 3, "the resume test needs a stream of 3+ pages"
         all_ids = ids_of(connector, stream, whole.records)
-        for crash_after in (1, 2):
+        # After the last page too: the job wrote it but stopped before it learned the
+        # read was over; the next one must not start the whole list again.
+        for crash_after in (1, 2, len(whole.pages)):
             # A new process resumes from the cursor saved with the last written page.
             async with closing(await harness.connector()) as connector:
                 done = await read_all(connector, stream, None, full=True, stop_after=crash_after)

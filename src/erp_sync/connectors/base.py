@@ -130,7 +130,13 @@ class Connector(abc.ABC):
     def read(self, stream: str, cursor: Cursor | None, *, full: bool) -> AsyncIterator[Page]:
         """Pages of raw records changed since ``cursor`` (all records when ``full``).
         Incremental reads re-read a small lookback window: the engine's upserts make the
-        repeat harmless, and late ERP edits are not missed."""
+        repeat harmless, and late ERP edits are not missed.
+
+        With ``full``, the engine passes no cursor to begin a whole-list read, and the
+        cursor of the last page it wrote to continue one (the next job of a long sync,
+        or a resume after a crash). The cursor of a whole-list read's last page then
+        yields nothing more: that read is over, and a new one would re-read every
+        record (a job can stop right after writing a stream's last page)."""
 
     @abc.abstractmethod
     def to_canonical(self, stream: str, raw: dict[str, Any]) -> Canonical:

@@ -308,7 +308,9 @@ class TenantSync:
                     s for s in STREAMS if s in (streams or STREAMS) and s in connector.streams
                 ]
                 for stream in wanted:
-                    if self.budget.exhausted():
+                    # The first stream always runs (at least one write): a job whose
+                    # connector took its whole budget to start still moves the sync on.
+                    if result.streams and self.budget.exhausted():
                         result.incomplete.append(stream)
                         continue
                     stats = await self.sync_stream(connector, stream, full)

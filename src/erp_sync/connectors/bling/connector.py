@@ -228,6 +228,8 @@ class BlingConnector(Connector):
         """Pages of records changed since ``cursor``; see cursor.py for its states.
 
         - an unfinished whole-list read (``{"full": true, ...}``) is always continued;
+        - ``full`` from a finished cursor: the read that cursor ended is over, nothing
+          more (see ``Connector.read``);
         - ``full``, no cursor, or a stream without a change filter (stock): a read of
           the whole list from page 1;
         - otherwise changes since ``since - OVERLAP`` (or the unfinished window read
@@ -243,6 +245,8 @@ class BlingConnector(Connector):
             until = max(until, state.since + cur.SECOND)
         if isinstance(state, cur.InFull):
             pages = self._read_all(stream, spec, state.page, state.until)
+        elif full and isinstance(state, cur.Done):
+            return
         elif full or not spec.windowed or not isinstance(state, cur.Done | cur.InWindow):
             pages = self._read_all(stream, spec, None, until)
         elif isinstance(state, cur.InWindow):

@@ -243,6 +243,8 @@ class OmieConnector(Connector):
         """Pages of records changed since ``cursor`` (see cursor.py for its states).
 
         - an unfinished whole-list read is always continued;
+        - ``full`` from a finished cursor: the read that cursor ended is over, nothing
+          more (see ``Connector.read``);
         - ``full``, no cursor, or stock (no change filter): the whole list from page 1;
         - otherwise the changes since ``since - overlap`` (or the unfinished window).
         """
@@ -255,6 +257,8 @@ class OmieConnector(Connector):
             until = max(until, state.since + cur.SECOND)
         if isinstance(state, cur.InFull):
             pages = self._read_full(stream, spec, state)
+        elif full and isinstance(state, cur.Done):
+            return
         elif full or not spec.windowed or not isinstance(state, cur.Done | cur.InWindow):
             size = await self.client.page_size(spec.call, self.settings.page_size)
             pages = self._read_full(stream, spec, cur.InFull(1, size, until))

@@ -315,11 +315,15 @@ class TrytonConnector(Connector):
         """Pages of records changed since ``cursor``; see cursor.py for its states.
 
         - an unfinished whole-list read (``{"state": "full", ...}``) is always continued;
+        - ``full`` from a finished cursor: the read that cursor ended is over, nothing
+          more (see ``Connector.read``);
         - ``full`` or no cursor: a whole-list read from the first id;
         - an unfinished incremental read is continued; a finished one starts the next.
         """
         spec = self._spec(stream)
         state = cur.load(cursor, spec.models)
+        if full and isinstance(state, cur.Done):
+            return
         await self.rpc.ensure_login()
         if isinstance(state, cur.Full):
             pages = self._read_full(stream, spec, state)
