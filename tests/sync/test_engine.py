@@ -295,6 +295,38 @@ async def test_a_full_sync_that_began_on_an_empty_table_records_no_seen_ids(
         assert live == set(expected_products(sb))
 
 
+async def test_a_first_load_that_meets_a_row_stored_meanwhile_still_lands_the_erps_truth(
+    rt: Runtime, clean_db: str
+) -> None:
+    """A first load writes without looking rows up. A row of a page still to come, stored
+    meanwhile (another write, or a record the ERP listed twice), makes that write fail
+    as a whole; the engine writes it again with the lookup, and the ERP's version wins."""
+    with start_sandbox(products=600, customers=2, orders=2, latency_ms=30) as sb:
+        await add_tenant(rt, "acme", sandbox=sb)
+        last_id = min(truth(sb, "products"), key=lambda t: int(t["externalId"]))["externalId"]
+        planted = False
+
+        async def plant(progress: dict[str, Any]) -> None:
+            # After the first write (the highest ids: Bling lists are read downwards).
+            nonlocal planted
+            if progress["stream"] == "products" and not planted:
+                planted = True
+                with psycopg.connect(clean_db) as c:
+                    c.execute(
+                        'INSERT INTO "Product" ("tenantId", "connectionId", "externalId", '
+                        'sku, name, active, raw, "contentHash", "syncedAt") '
+                        "SELECT \"tenantId\", id, %s, 'OLD', 'Stale copy', true, '{}', "
+                        "'\\x00', now() FROM \"ErpConnection\" WHERE \"tenantId\" = 'acme'",
+                        (last_id,),
+                    )
+
+        result = await sync_tenant(rt, "acme", streams=["products"], mode="full", progress=plant)
+        products = result["streams"]["products"]
+        assert planted and products["complete"], products
+        assert (products["inserted"], products["updated"]) == (599, 1), products
+        assert stored_products(clean_db) == expected_products(sb)
+
+
 async def test_a_kill_between_pages_resumes_without_duplicates_or_gaps(
     rt: Runtime, fast: Settings, queues: JobQueues, clean_db: str, start_worker: Any
 ) -> None:

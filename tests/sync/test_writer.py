@@ -144,20 +144,64 @@ async def test_full_sync_sweep_marks_unseen_rows_deleted(
     assert products(clean_db)["3"][2] is False
 
 
-async def test_a_first_load_without_lookups_falls_back_on_a_repeated_page(
+async def test_a_first_load_without_lookups_refuses_a_stored_row_and_keeps_nothing(
     rt: Runtime, acme: str, clean_db: str
 ) -> None:
-    """A first load skips the stored-hash lookup; a page repeated after a crash collides,
-    falls back to the guarded upsert, and changes nothing."""
-    async with rt.unit_of_work() as session:
-        first = await writer.upsert(
-            session, "products", "acme", acme, [product(1), product(2)], prefilter=False
+    """A first load skips the stored-hash lookup and the savepoint: a row already stored
+    aborts the whole write (Collision, nothing of it kept), and the same rows written
+    again with the lookup land, changing only what changed."""
+    writes = writer.PageWriter(rt.engine)
+
+    def upsert(rows: list[writer.Row], *, prefilter: bool) -> Any:
+        return lambda session: writer.upsert(
+            session, "products", "acme", acme, rows, prefilter=prefilter
         )
-    assert (first.inserted, first.collided) == (2, False)
-    async with rt.unit_of_work() as session:
-        again = await writer.upsert(
-            session, "products", "acme", acme, [product(1), product(2, "5.55")], prefilter=False
-        )
-    assert again.collided
-    assert (again.inserted, again.updated, again.unchanged) == (0, 1, 1)
+
+    try:
+        first = await writes.transaction(upsert([product(1), product(2)], prefilter=False))
+        assert first.inserted == 2
+        page = [product(3), product(1), product(2, "5.55")]
+        with pytest.raises(writer.Collision):
+            await writes.transaction(upsert(page, prefilter=False))
+        assert sorted(products(clean_db)) == ["1", "2"]  # product 3 not kept either
+        assert products(clean_db)["2"][1] == Decimal("10.0000")
+        again = await writes.transaction(upsert(page, prefilter=True))
+    finally:
+        await writes.release()
+    assert (again.inserted, again.updated, again.unchanged) == (1, 1, 1)
     assert products(clean_db)["2"][1] == Decimal("5.5500")
+
+
+async def test_a_kept_connection_that_died_is_replaced_and_the_write_runs_again(
+    rt: Runtime, acme: str, clean_db: str
+) -> None:
+    """PostgreSQL restarted (here: the backend killed) while the sync read the ERP: the
+    next write runs on a new connection, once, with nothing lost or doubled."""
+    writes = writer.PageWriter(rt.engine)
+    runs = 0
+
+    async def write_rows(session: Any, rows: list[writer.Row]) -> writer.WriteCounts:
+        nonlocal runs
+        runs += 1
+        return await writer.upsert(session, "products", "acme", acme, rows)
+
+    try:
+        pid = await writes.transaction(
+            lambda s: _backend_pid(s)  # the connection the writer keeps
+        )
+        await writes.transaction(lambda s: write_rows(s, [product(1)]))
+        with psycopg.connect(clean_db, autocommit=True) as c:
+            assert c.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        runs = 0
+        counts = await writes.transaction(lambda s: write_rows(s, [product(2), product(3)]))
+        assert await writes.transaction(_backend_pid) != pid
+    finally:
+        await writes.release()
+    assert counts.inserted == 2 and runs == 1  # the failed run died before its body
+    assert sorted(products(clean_db)) == ["1", "2", "3"]
+
+
+async def _backend_pid(session: Any) -> int:
+    from sqlalchemy import text
+
+    return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
