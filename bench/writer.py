@@ -110,25 +110,28 @@ async def upsert_all(url: str, batches: list[list[writer.Row]]) -> tuple[float, 
         # wait, the connection kept while writes follow each other), and a first load
         # into an empty table skips the hash lookup.
         writes = writer.PageWriter(rt.engine)
-        for batch in batches:
+        try:
+            for batch in batches:
 
-            async def write(
-                session: AsyncSession, batch: list[writer.Row] = batch
-            ) -> writer.WriteCounts:
-                return await writer.upsert(
-                    session, "products", "t", "c", batch, prefilter=not first_load
-                )
+                async def write(
+                    session: AsyncSession, batch: list[writer.Row] = batch
+                ) -> writer.WriteCounts:
+                    return await writer.upsert(
+                        session, "products", "t", "c", batch, prefilter=not first_load
+                    )
 
-            counts = await writes.transaction(write)
-            total.inserted += counts.inserted
-            # As the engine: fresh planner statistics as a first load grows (x4 steps).
-            if total.inserted >= max(1000, analyzed * 4):
-                analyzed = total.inserted
-                await writer.analyze(rt.engine, "products")
-            total.updated += counts.updated
-            total.unchanged += counts.unchanged
-        elapsed = time.perf_counter() - started
-        await writes.release()
+                counts = await writes.transaction(write)
+                total.inserted += counts.inserted
+                # As the engine: fresh planner statistics as a first load grows (x4 steps).
+                if total.inserted >= max(1000, analyzed * 4):
+                    analyzed = total.inserted
+                    await writes.release()
+                    await writer.analyze(rt.engine, "products")
+                total.updated += counts.updated
+                total.unchanged += counts.unchanged
+            elapsed = time.perf_counter() - started
+        finally:
+            await writes.release()
         return elapsed, total
     finally:
         await rt.close()

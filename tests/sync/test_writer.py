@@ -160,10 +160,15 @@ async def test_a_first_load_without_lookups_refuses_a_stored_row_and_keeps_nothi
     try:
         first = await writes.transaction(upsert([product(1), product(2)], prefilter=False))
         assert first.inserted == 2
-        page = [product(3), product(1), product(2, "5.55")]
+
+        async def first_new_then_stored(session: Any) -> None:
+            await upsert([product(3)], prefilter=False)(session)  # new: goes in
+            await upsert([product(1)], prefilter=False)(session)  # stored: aborts all
+
         with pytest.raises(writer.Collision):
-            await writes.transaction(upsert(page, prefilter=False))
+            await writes.transaction(first_new_then_stored)
         assert sorted(products(clean_db)) == ["1", "2"]  # product 3 not kept either
+        page = [product(3), product(1), product(2, "5.55")]
         assert products(clean_db)["2"][1] == Decimal("10.0000")
         again = await writes.transaction(upsert(page, prefilter=True))
     finally:
@@ -190,6 +195,7 @@ async def test_a_kept_connection_that_died_is_replaced_and_the_write_runs_again(
             lambda s: _backend_pid(s)  # the connection the writer keeps
         )
         await writes.transaction(lambda s: write_rows(s, [product(1)]))
+        assert await writes.transaction(_backend_pid) == pid  # kept between writes
         with psycopg.connect(clean_db, autocommit=True) as c:
             assert c.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
         runs = 0
@@ -197,7 +203,7 @@ async def test_a_kept_connection_that_died_is_replaced_and_the_write_runs_again(
         assert await writes.transaction(_backend_pid) != pid
     finally:
         await writes.release()
-    assert counts.inserted == 2 and runs == 1  # the failed run died before its body
+    assert counts.inserted == 2 and runs == 1  # found dead before its body ran
     assert sorted(products(clean_db)) == ["1", "2", "3"]
 
 

@@ -130,12 +130,14 @@ class PageFeed:
         self._pages = pages
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
         self._held: Any = None  # the end or an error, met while taking a batch
+        self._exhausted = False  # the pages are over: the end is queued
         self._task = asyncio.create_task(self._pump(map_page))
 
     async def _pump(self, map_page: Callable[[Page], MappedPage]) -> None:
         try:
             async for page in self._pages:
                 await self._queue.put(map_page(page))
+            self._exhausted = True
             await self._queue.put(_END)
         except Exception as exc:
             await self._queue.put(exc)
@@ -164,6 +166,14 @@ class PageFeed:
     def ready(self) -> bool:
         """Whether ``batch()`` would answer at once (a page, the end or an error waits)."""
         return self._held is not None or not self._queue.empty()
+
+    def ended(self) -> bool:
+        """Whether the read has ended and every page of it was taken (``batch()`` would
+        answer None)."""
+        if self._held is not None:
+            return self._held is _END
+        # The end goes in right after the last page, with nothing behind it.
+        return self._exhausted and self._queue.qsize() == 1
 
     async def aclose(self) -> None:
         self._task.cancel()
@@ -405,17 +415,23 @@ class TenantSync:
                         "message": f"{stream}: {stats.fetched} records",
                     }
                 )
-                if self.budget.exhausted():
+                # A read that already ended (its last page just written) is finished
+                # now, not left to a continuation that would have nothing left to read.
+                if self.budget.exhausted() and not feed.ended():
+                    await writes.release()
                     await self._record(stream, stats, error=None, success=False)
                     return stats
         except Exception as exc:
+            await writes.release()
             await self._record(
                 stream, stats, error=redact_text(str(exc)) or type(exc).__name__, success=False
             )
             raise
         finally:
-            await writes.release()
-            await feed.aclose()
+            try:
+                await writes.release()
+            finally:
+                await feed.aclose()
         async with self.rt.unit_of_work() as session:
             final = await session.get(SyncState, (self.tenant_id, stream), with_for_update=True)
             assert final is not None
@@ -510,9 +526,11 @@ class TenantSync:
             self.provider, stream, fetched=fetched, inserted=counts.inserted,
             updated=counts.updated, unchanged=counts.unchanged, quarantined=len(bad),
         )  # fmt: skip
-        await self._analyze_if_grown(stream, stats.inserted)
+        await self._analyze_if_grown(stream, stats.inserted, writes)
 
-    async def _analyze_if_grown(self, stream: str, inserted: int) -> None:
+    async def _analyze_if_grown(
+        self, stream: str, inserted: int, writes: writer.PageWriter
+    ) -> None:
         """Refresh the planner's statistics as a first load grows the table: with stale
         ones (a new tenant's rows "don't exist") PostgreSQL filters the page's ids instead
         of looking them up in the key index, and each page costs a scan of the tenant."""
@@ -520,6 +538,7 @@ class TenantSync:
         if inserted < max(1000, mark * 4):
             return
         self._analyzed[stream] = inserted
+        await writes.release()  # never hold one pooled connection while taking another
         await writer.analyze(self.rt.engine, stream)
 
     async def _record(

@@ -138,9 +138,10 @@ class WriteCounts:
 
 
 class Collision(RetryableError):
-    """Rows written as new already existed (a record the ERP listed twice during a first
-    load, or another write meanwhile). The transaction is aborted and nothing of it is
-    kept: write the same rows again with ``prefilter=True``."""
+    """A write without the lookup (``prefilter=False``) met a row already stored (a record
+    the ERP listed twice during a first load, or another write meanwhile). The
+    transaction is aborted and nothing of it is kept: write the same rows again with
+    ``prefilter=True``."""
 
 
 class PageWriter:
@@ -159,10 +160,12 @@ class PageWriter:
 
     async def transaction(self, body: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """``body(session)`` in one transaction, committed when it returns. A kept
-        connection that died meanwhile (PostgreSQL restarted while the ERP was read) is
-        replaced and ``body`` runs again: nothing of its first run was committed."""
+        connection found dead when the transaction begins (PostgreSQL restarted while the
+        ERP was read) is replaced and the transaction begins again, as the pool's
+        pre-ping would have done; a failure once ``body`` runs is the caller's."""
         while True:
             kept = self._conn is not None
+            began = False
             if self._conn is None:
                 self._conn = await self._engine.connect()
             try:
@@ -173,11 +176,12 @@ class PageWriter:
                     driver = await driver_connection(session)
                     async with driver.pipeline():  # BEGIN and this in one round trip
                         await driver.execute(b"SET LOCAL synchronous_commit TO off")
+                    began = True
                     return await body(session)
             except (DBAPIError, psycopg.OperationalError):
                 dead = await self._dead()
                 await self.release()
-                if not (kept and dead):
+                if began or not (kept and dead):
                     raise
 
     async def _dead(self) -> bool:
@@ -279,18 +283,27 @@ async def upsert(
     fresh = {k: v for k, v in by_id.items() if k not in existing}
     changed = {k: v for k, v in by_id.items() if k not in fresh}
     if fresh:
-        # New rows go straight into the table by COPY (as fast as PostgreSQL loads). No
-        # savepoint around it (two round trips a write): should one already exist, the
-        # caller writes the rows again with the lookup.
+        # New rows go straight into the table by COPY (as fast as PostgreSQL loads).
         try:
-            await _copy_rows(driver, table, spec, tenant_id, connection_id, fresh, now)
+            if prefilter:
+                # Looked up as absent, but another write may insert one meanwhile: then
+                # they fall back to the guarded upsert below (a savepoint, 2 round trips).
+                async with driver.transaction():
+                    await _copy_rows(driver, table, spec, tenant_id, connection_id, fresh, now)
+            else:
+                # A first load: no savepoint. Should one already exist, the caller writes
+                # the rows again with the lookup.
+                await _copy_rows(driver, table, spec, tenant_id, connection_id, fresh, now)
         except psycopg.errors.UniqueViolation:
-            raise Collision(
-                "rows of this page were already stored (the ERP listed a record twice, or "
-                "another write ran meanwhile); the page is written again"
-            ) from None
-        counts.inserted += len(fresh)
-        counts.written_ids.extend(fresh)
+            if not prefilter:
+                raise Collision(
+                    "rows of this page were already stored (the ERP listed a record twice, "
+                    "or another write ran meanwhile); the page is written again"
+                ) from None
+            changed.update(fresh)
+        else:
+            counts.inserted += len(fresh)
+            counts.written_ids.extend(fresh)
     if changed:
         stage = await _stage(driver, spec.table)
         await _copy_rows(driver, stage, spec, tenant_id, connection_id, changed, now)
