@@ -40,6 +40,8 @@ KILLS = 5
 KILL_WINDOW = (0.0, 2.5)
 # Jobs yield after this long and continue in a new job: kills land on several job ids.
 BUDGET_S = 4
+# Requests per second on the account: 500 list pages of 100 take ~20 s.
+RATE = 25
 
 
 def running_runs(db: str) -> list[tuple[int, str]]:
@@ -93,12 +95,20 @@ async def test_sigkill_five_times_loses_and_doubles_nothing(
         faults=[],
     )
     env = {**worker_env(fast), "SYNC_JOB_BUDGET_SECONDS": str(BUDGET_S), "WORKER_CONCURRENCY": "2"}
-    # 20 ms per answer: the whole read takes ~20 s of work, so five kills (at most 2.5 s
-    # of work each) land mid-sync and the last worker still has work to do.
+    # Paced by the governor at RATE requests/s (as Bling's limit paces a real sync), not
+    # by how fast this machine writes: the whole read takes ~20 s, so five kills (at most
+    # 2.5 s of work each) land mid-sync and the last worker still has work to do.
     with sandbox_process(
         products=PRODUCTS, customers=5, orders=5, warehouses=1, latency_ms=20
     ) as sb:
-        await add_bling_tenant(rt, "crash", sb.base_url, sb.credentials(), fetch_details=False)
+        await add_bling_tenant(
+            rt,
+            "crash",
+            sb.base_url,
+            sb.credentials(),
+            fetch_details=False,
+            rate_limit_per_second=RATE,
+        )
         started = time.monotonic()
         await trigger_sync(rt, queues, "crash", streams=["products"], full=True)
 
@@ -112,8 +122,8 @@ async def test_sigkill_five_times_loses_and_doubles_nothing(
             if full_read_done(clean_db, "crash"):
                 return
             counts = await queues.sync.getJobCounts("waiting", "active", "delayed", "prioritized")
-            if sum(int(v) for v in counts.values()):
-                return
+            if sum(int(v) for v in counts.values()) or full_read_done(clean_db, "crash"):
+                return  # (the last job may have finished the read since the first look)
             failed = await queues.sync.getJobs(["failed"])
             reasons = [str(j.failedReason) for j in failed]
             assert reasons and all("stalled more than allowable limit" in r for r in reasons), (
@@ -186,8 +196,8 @@ async def test_sigkill_five_times_loses_and_doubles_nothing(
         jobruns=statuses,
         checksum=stored.sha256[:16],
         notes=(
-            f"{PRODUCTS:,} products (list fields: fetch_details off, rate limit off, 20 ms "
-            f"per answer), {BUDGET_S} s job budget (continuations), lock 2 s, stalled check "
+            f"{PRODUCTS:,} products (list fields: fetch_details off, {RATE} requests/s, "
+            f"20 ms per answer), {BUDGET_S} s job budget (continuations), lock 2 s, stalled check "
             f"1 s; kill delays drawn with seed {seed}"
         ),
     )
