@@ -16,7 +16,7 @@ import httpx
 import orjson
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from erp_sync.connectors.base import Page
 from erp_sync.jobs.names import SYNC_QUEUE
@@ -325,6 +325,38 @@ async def test_a_first_load_that_meets_a_row_stored_meanwhile_still_lands_the_er
         assert planted and products["complete"], products
         assert (products["inserted"], products["updated"]) == (599, 1), products
         assert stored_products(clean_db) == expected_products(sb)
+
+
+async def test_a_sync_never_holds_two_pooled_connections_at_once(
+    rt: Runtime, clean_db: str
+) -> None:
+    """A first load keeps one connection while its writes follow each other, and gives it
+    back before anything else takes one (planner statistics, the job's bookkeeping): a
+    sync that held one while waiting for another would, ten at once, drain the pool
+    (5 + 5) and wait for each other until the pool's timeout failed them all."""
+    held = peak = 0
+
+    def checkout(*_: Any) -> None:
+        nonlocal held, peak
+        held += 1
+        peak = max(peak, held)
+
+    def checkin(*_: Any) -> None:
+        nonlocal held
+        held -= 1
+
+    pool = rt.engine.sync_engine.pool
+    with start_sandbox(products=3000, customers=2, orders=2) as sb:
+        await add_tenant(rt, "acme", sandbox=sb)
+        event.listen(pool, "checkout", checkout)
+        event.listen(pool, "checkin", checkin)
+        try:
+            result = await sync(rt, "full")
+        finally:
+            event.remove(pool, "checkout", checkout)
+            event.remove(pool, "checkin", checkin)
+    assert result["streams"]["products"]["inserted"] == 3000  # ANALYZEd at 1,000 rows
+    assert (peak, held) == (1, 0)
 
 
 async def test_a_kill_between_pages_resumes_without_duplicates_or_gaps(
