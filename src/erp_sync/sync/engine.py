@@ -394,44 +394,47 @@ class TenantSync:
             lambda page: map_page(connector, stream, page),
         )
         writes = writer.PageWriter(self.rt.engine)
+        stopped = False  # by the time budget, with the read unfinished
         try:
-            while (pages := await feed.batch()) is not None:
-                stats.pages += len(pages)
-                stats.fetched += sum(p.fetched for p in pages)
-                await self._write_pages(
-                    stream, pages, full_run_id, from_empty, stats, check_release, writes
-                )
-                if not feed.ready():
-                    await writes.release()  # the ERP is the slower side: hold nothing
-                last_cursor = next(
-                    (p.cursor for p in reversed(pages) if p.cursor is not None), last_cursor
-                )
-                await self.progress(
-                    {
-                        "stream": stream,
-                        "pages": stats.pages,
-                        "fetched": stats.fetched,
-                        "written": stats.inserted + stats.updated,
-                        "message": f"{stream}: {stats.fetched} records",
-                    }
-                )
-                # A read that already ended (its last page just written) is finished
-                # now, not left to a continuation that would have nothing left to read.
-                if self.budget.exhausted() and not feed.ended():
-                    await writes.release()
-                    await self._record(stream, stats, error=None, success=False)
-                    return stats
+            try:
+                while (pages := await feed.batch()) is not None:
+                    stats.pages += len(pages)
+                    stats.fetched += sum(p.fetched for p in pages)
+                    await self._write_pages(
+                        stream, pages, full_run_id, from_empty, stats, check_release, writes
+                    )
+                    if not feed.ready():
+                        await writes.release()  # the ERP is the slower side: hold nothing
+                    last_cursor = next(
+                        (p.cursor for p in reversed(pages) if p.cursor is not None), last_cursor
+                    )
+                    await self.progress(
+                        {
+                            "stream": stream,
+                            "pages": stats.pages,
+                            "fetched": stats.fetched,
+                            "written": stats.inserted + stats.updated,
+                            "message": f"{stream}: {stats.fetched} records",
+                        }
+                    )
+                    # A read that already ended (its last page just written) is finished
+                    # now, not left to a continuation that would have nothing to read.
+                    if self.budget.exhausted() and not feed.ended():
+                        stopped = True
+                        break
+            finally:
+                try:
+                    await writes.release()  # before anything else takes a connection
+                finally:
+                    await feed.aclose()
         except Exception as exc:
-            await writes.release()
             await self._record(
                 stream, stats, error=redact_text(str(exc)) or type(exc).__name__, success=False
             )
             raise
-        finally:
-            try:
-                await writes.release()
-            finally:
-                await feed.aclose()
+        if stopped:
+            await self._record(stream, stats, error=None, success=False)
+            return stats
         async with self.rt.unit_of_work() as session:
             final = await session.get(SyncState, (self.tenant_id, stream), with_for_update=True)
             assert final is not None

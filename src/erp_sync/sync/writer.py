@@ -15,6 +15,7 @@ connection kept while writes follow each other.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
 from collections.abc import Awaitable, Callable
@@ -284,15 +285,13 @@ async def upsert(
     changed = {k: v for k, v in by_id.items() if k not in fresh}
     if fresh:
         # New rows go straight into the table by COPY (as fast as PostgreSQL loads).
+        # Looked up as absent, another write may still insert one meanwhile: a savepoint
+        # (2 round trips) lets them fall back to the guarded upsert below. A first load
+        # has none: should one already exist, the caller writes the rows again with the
+        # lookup.
+        savepoint = driver.transaction() if prefilter else contextlib.nullcontext()
         try:
-            if prefilter:
-                # Looked up as absent, but another write may insert one meanwhile: then
-                # they fall back to the guarded upsert below (a savepoint, 2 round trips).
-                async with driver.transaction():
-                    await _copy_rows(driver, table, spec, tenant_id, connection_id, fresh, now)
-            else:
-                # A first load: no savepoint. Should one already exist, the caller writes
-                # the rows again with the lookup.
+            async with savepoint:
                 await _copy_rows(driver, table, spec, tenant_id, connection_id, fresh, now)
         except psycopg.errors.UniqueViolation:
             if not prefilter:
