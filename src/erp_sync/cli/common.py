@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import typer
+import uvloop
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
@@ -47,7 +48,10 @@ def settings(*, service: bool = False) -> Settings:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Run on uvloop: its event loop and sockets cost a sync's worker about a tenth less
+    CPU per record than asyncio's (bench/RESULTS.md, 2026-11-29 evening)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def with_runtime(fn: Callable[[Runtime], Awaitable[T]], *, name: str = "erp-sync-cli") -> T:

@@ -116,8 +116,11 @@ def content_hash(raw: dict[str, Any], version: str = "") -> bytes:
     return _hash(canonical_json(raw), version)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
+    """One mapped record on its way to the store (never changed once made: a frozen
+    dataclass costs 0.5 µs more a record, in a path that runs a million times a sync)."""
+
     record: Canonical
     raw: dict[str, Any]
     hash: bytes
