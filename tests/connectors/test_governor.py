@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from erp_sync.connectors.base import RateLimits
-from erp_sync.connectors.governor import Governor, acquire_all
+from erp_sync.connectors.governor import HOLD_RECHECK_S, Governor, acquire_all
 from erp_sync.errors import RateLimited
 from tests.conftest import REDIS_URL
 
@@ -83,7 +83,28 @@ async def test_penalize_holds_an_account_with_no_published_limits(
     one, two = make(redis, key_prefix, RateLimits()), make(second_redis, key_prefix, RateLimits())
     assert await two.acquire() == 0
     await one.penalize(1.0)
-    assert 0.9 <= await two.acquire() <= 1.05
+
+    async def later() -> float:  # once two reads the hold again
+        await asyncio.sleep(HOLD_RECHECK_S)
+        return await two.acquire()
+
+    # The one that met the 429 is held at once, the other from its next read of the hold.
+    own, other = await asyncio.gather(one.acquire(), later())
+    assert 0.9 <= own <= 1.05
+    assert 0.9 - HOLD_RECHECK_S <= other <= 1.05 - HOLD_RECHECK_S
+
+
+async def test_an_account_with_no_limits_reads_the_hold_a_few_times_a_second_not_per_call(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    gov = make(redis, key_prefix, RateLimits())
+    before = int((await redis.info("stats"))["total_commands_processed"])
+    for _ in range(200):
+        await gov.acquire()
+    commands = int((await redis.info("stats"))["total_commands_processed"]) - before
+    # 200 calls in well under a second: one or two reads of the hold, not 200.
+    assert commands < 20
+    assert gov.stats.requests == 200
 
 
 async def test_daily_quota_raises_with_retry_after(

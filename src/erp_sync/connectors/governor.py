@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 MARGIN_MS = 30
 MARGIN_SHARE = 0.02
 MAX_WAIT_MS = 120_000
+# An account with no limits at all (a local sandbox, an ERP that publishes none) has only
+# the hold to respect: once found clear, it is read again after this long, not before
+# every call (that round trip cost an unthrottled sync's worker ~8 % of its CPU). Another
+# worker's 429 holds this one at most this much later; this worker's own, at once.
+HOLD_RECHECK_S = 0.25
 
 # Room for one call in the windows of one or more budgets (one account's, or all those
 # that count the same call, e.g. Omie's per IP and per method), all or nothing: the call
@@ -195,6 +200,8 @@ class Governor:
         self._member = f"{uuid.uuid4().hex}:"
         self._seq = itertools.count()
         self.stats = GovernorStats()
+        self._unlimited = not self.windows and not limits.per_day
+        self._clear_until = 0.0  # monotonic time until which the hold is known clear
 
     @contextlib.asynccontextmanager
     async def request(self) -> AsyncIterator[float]:
@@ -218,8 +225,14 @@ class Governor:
 
     async def _take(self, member: str, *, margin: bool, inflight: int) -> float:
         # Even with no published limits the hold is read: a 429's penalty must stop every
-        # worker on the account (one Redis round trip, far below an HTTP call).
-        return await _take([self], member, margin=margin, inflight=inflight)
+        # worker on the account (see HOLD_RECHECK_S).
+        if self._unlimited and time.monotonic() < self._clear_until:
+            self.stats.requests += 1
+            return 0.0
+        waited = await _take([self], member, margin=margin, inflight=inflight)
+        if self._unlimited:
+            self._clear_until = time.monotonic() + HOLD_RECHECK_S
+        return waited
 
     def _script_input(self, *, margin: bool, day_ttl: int) -> tuple[list[str], list[int | str]]:
         """This budget's KEYS and ARGV in an ACQUIRE call."""
@@ -232,6 +245,7 @@ class Governor:
         """Hold every worker's next request on this account for ``seconds`` (after a 429
         or a Retry-After)."""
         self.stats.penalties += 1
+        self._clear_until = 0.0
         metrics.ERP_RATE_LIMITED.labels(self.provider).inc()
         await self._penalize(keys=[self._hold_key], args=[max(1, int(seconds * 1000))])
 
