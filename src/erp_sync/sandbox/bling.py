@@ -136,6 +136,7 @@ from erp_sync.sandbox.common import (
     Knobs,
     Order,
     Product,
+    ProductHead,
     RecordSpace,
     SandboxConfig,
     SandboxCore,
@@ -333,14 +334,15 @@ def date_window(
 # ------------------------------------------------------------------- rendering
 
 
-def product_base(p: Product, stock: list[StockLine]) -> dict[str, Any]:
+def product_base(p: ProductHead, available_milli: int) -> dict[str, Any]:
+    """A list item; ``available_milli`` is the stock total (``Dataset.available_milli``)."""
     return {
         "id": p.id,
         "nome": p.name,
         "codigo": p.sku,
         "preco": money(p.price_cents),
         "precoCusto": money(p.cost_cents),
-        "estoque": {"saldoVirtualTotal": qty(sum(s.available_milli for s in stock))},
+        "estoque": {"saldoVirtualTotal": qty(available_milli)},
         "tipo": "P",
         "situacao": "A" if p.active else "I",
         "formato": "S",
@@ -436,7 +438,7 @@ def product_detail(p: Product, stock: list[StockLine]) -> dict[str, Any]:
     }
 
 
-def stock_entry(p: Product, stock: list[StockLine]) -> dict[str, Any]:
+def stock_entry(p: ProductHead, stock: list[StockLine]) -> dict[str, Any]:
     return {
         "produto": {"id": p.id, "codigo": p.sku},
         "saldoFisicoTotal": qty(sum(s.physical_milli for s in stock)),
@@ -751,8 +753,9 @@ class BlingSandbox:
         rate = self.core.knobs.malformed_rate
         out = []
         for i in indices:
-            p = data.product(i)
-            record = product_base(p, data.stock(p))
+            # The head, not the whole Product: a list item shows only its first draws.
+            p = data.product_head(i)
+            record = product_base(p, data.available_milli(p))
             if data.is_malformed("products", i, rate):
                 record = break_record("products", data.malformed_kind("products", i), record)
             out.append(record)
@@ -808,7 +811,7 @@ class BlingSandbox:
         for i in sorted({pid - data.product_id_base for pid in ids}):
             if not data.products.exists(i):
                 continue
-            p = data.product(i)
+            p = data.product_head(i)
             stock = data.stock(p)
             if warehouse is not None:
                 stock = [stock[warehouse]]

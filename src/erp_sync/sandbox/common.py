@@ -51,7 +51,9 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import starmap
 from math import gcd
+from operator import mul, sub
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
@@ -67,6 +69,7 @@ T = TypeVar("T")
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _TWO64 = float(1 << 64)
+_FULL_CAP = 1 << 64  # a fresh hash holds 64 bits of draws
 
 
 def mix64(x: int) -> int:
@@ -93,27 +96,57 @@ class Draw:
             state = mix64(state ^ extra)
         self._state = state
         self._acc = mix64(state)
-        self._cap = 1 << 64
+        self._cap = _FULL_CAP
 
+    @classmethod
+    def resume(cls, state: int, acc: int, cap: int) -> Draw:
+        """The stream at a point reached by drawing inline (see ``refill``)."""
+        d = cls.__new__(cls)
+        d._state, d._acc, d._cap = state, acc, cap
+        return d
+
+    # between, pick and chance repeat below's body: a method call is a large share of
+    # a draw's cost, and records make millions of draws.
     def below(self, n: int) -> int:
         """Integer in [0, n)."""
-        if self._cap < n << 10:
-            self._state = (self._state + _GOLDEN) & _MASK64
-            self._acc = mix64(self._state)
-            self._cap = 1 << 64
+        cap = self._cap
+        if cap < n << 10:
+            self._state, self._acc, cap = refill(self._state)
         self._acc, r = divmod(self._acc, n)
-        self._cap //= n
+        self._cap = cap // n
         return r
 
     def between(self, lo: int, hi: int) -> int:
         """Integer in [lo, hi]."""
-        return lo + self.below(hi - lo + 1)
+        n = hi - lo + 1
+        cap = self._cap
+        if cap < n << 10:
+            self._state, self._acc, cap = refill(self._state)
+        self._acc, r = divmod(self._acc, n)
+        self._cap = cap // n
+        return lo + r
 
     def pick(self, options: Sequence[T]) -> T:
-        return options[self.below(len(options))]
+        n = len(options)
+        cap = self._cap
+        if cap < n << 10:
+            self._state, self._acc, cap = refill(self._state)
+        self._acc, r = divmod(self._acc, n)
+        self._cap = cap // n
+        return options[r]
 
     def chance(self, percent: int) -> bool:
         return self.below(100) < percent
+
+
+def refill(state: int) -> tuple[int, int, int]:
+    """A ``Draw``'s next (state, acc, cap) once its hash is spent.
+
+    Hot generators inline ``Draw.below`` as ``if cap < n << 10: state, acc, cap =
+    refill(state)`` then ``acc, r = divmod(acc, n)`` and ``cap //= n``.
+    """
+    state = (state + _GOLDEN) & _MASK64
+    return state, mix64(state), _FULL_CAP
 
 
 def unit_interval(*keys: int) -> float:
@@ -512,7 +545,9 @@ def slug(text: str) -> str:
 
 
 def _mod11_digit(numbers: str, weights: Sequence[int]) -> str:
-    rest = sum(int(n) * w for n, w in zip(numbers, weights, strict=True)) % 11
+    if len(numbers) != len(weights):
+        raise ValueError("one weight per digit")
+    rest = sum(map(mul, map(int, numbers), weights)) % 11  # map: no per-digit bytecode
     return "0" if rest < 2 else str(11 - rest)
 
 
@@ -552,6 +587,10 @@ def gtin13_789(item: int) -> str:
 def bump_last_digit(digits: str) -> str:
     """The last digit one up (9 wraps to 0): a valid CPF/CNPJ so changed fails its check."""
     return digits[:-1] + str((int(digits[-1]) + 1) % 10)
+
+
+# Slugs of the names e-mail addresses are made of: unicodedata per record is costly.
+_SLUGS = {text: slug(text) for text in (*COMPANY_CORES, *FIRST_NAMES, *LAST_NAMES)}
 
 
 def _not_repdigit(digits: str) -> str:
@@ -833,6 +872,24 @@ class Product(NamedTuple):
     updated_at: int
 
 
+class ProductHead(NamedTuple):
+    """What lists, stock answers and order lines show of a product: its first draws.
+
+    Much cheaper than a whole ``Product`` (no GTIN, weights, dimensions...), and the
+    same values as the matching ``Product`` fields.
+    """
+
+    slot: int
+    id: int
+    sku: str
+    name: str
+    short_description: str
+    unit: str
+    price_cents: int
+    cost_cents: int
+    active: bool
+
+
 class Customer(NamedTuple):
     slot: int  # position in its stream; id = id base + slot
     id: int
@@ -946,6 +1003,78 @@ class StockLine(NamedTuple):
         return self.physical_milli - self.reserved_milli
 
 
+class _ProductPlan(NamedTuple):
+    """Per-category constants for drawing a product's first fields without a ``Draw``.
+
+    A product draws, in order: category, item, qualifier, spec, price, cost factor,
+    minimum stock, brand and unit. In every category these come from the first hash
+    with no refill (``_product_plan`` checks it), so they are its mixed-radix digits:
+    item, qualifier and spec are one digit of ``n_names``, whose name strings are
+    precomputed in ``names``.
+    """
+
+    category: Category
+    n_names: int
+    names: tuple[tuple[str, str, str], ...]  # (name, short description, NCM)
+    price_lo: int
+    price_span: int
+    n_brands: int
+    n_units: int
+    skip_to_unit: int  # minimum stock x brand: the digits between cost factor and unit
+    cap: int  # what the first hash can still give after the unit draw
+
+
+_COST_FACTOR_LO, _COST_FACTOR_SPAN = 55, 26  # cost = 55..80 % of the price
+_MIN_STOCK_SPAN = 20
+
+
+def _product_plan(cat: Category) -> _ProductPlan:
+    n_items, n_qualifiers, n_specs = len(cat.items), len(cat.qualifiers), len(cat.specs)
+    names = []
+    for k in range(n_items * n_qualifiers * n_specs):
+        noun, ncm = cat.items[k % n_items]
+        qualifier = cat.qualifiers[k // n_items % n_qualifiers]
+        spec = cat.specs[k // (n_items * n_qualifiers)]
+        names.append(
+            (
+                f"{noun} {qualifier} {spec}",
+                f"{noun} {qualifier.lower()} {spec}, linha {cat.name.lower()}.",
+                ncm,
+            )
+        )
+    lo, hi = cat.price_cents
+    radices = (
+        len(CATEGORIES),
+        n_items,
+        n_qualifiers,
+        n_specs,
+        hi - lo + 1,
+        _COST_FACTOR_SPAN,
+        _MIN_STOCK_SPAN,
+        len(cat.brands),
+        len(cat.units),
+    )
+    cap = _FULL_CAP
+    for n in radices:
+        if cap < n << 10:  # Draw.below would refill here
+            raise ValueError(f"category {cat.name}: first product draws must fit one hash")
+        cap //= n
+    return _ProductPlan(
+        cat,
+        len(names),
+        tuple(names),
+        lo,
+        hi - lo + 1,
+        len(cat.brands),
+        len(cat.units),
+        _MIN_STOCK_SPAN * len(cat.brands),
+        cap,
+    )
+
+
+_PRODUCT_PLANS = tuple(_product_plan(cat) for cat in CATEGORIES)
+
+
 STREAMS = ("products", "stock_levels", "customers", "sales_orders")
 _STREAM_KEYS = {name: k + 1 for k, name in enumerate(STREAMS)}
 MALFORMED_KINDS = 4
@@ -1028,6 +1157,9 @@ class Dataset:
         seed = spec.seed * 1_000_003 + spec.account_no
         self._seed = seed
         self._keys = {name: mix64(seed ^ (key << 56)) for name, key in _STREAM_KEYS.items()}
+        self._product_key = self._keys["products"]
+        self._stock_key = self._keys["stock_levels"]
+        self._fault_keys = {name: mix64(key) for name, key in self._keys.items()}
         shift = spec.account_no * 100_000_000
         self.product_id_base = 16_000_000_001 + shift
         self.customer_id_base = 17_000_000_001 + shift
@@ -1079,27 +1211,61 @@ class Dataset:
 
     # ---- products
 
-    def _make_product(self, i: int, patch: Mapping[str, Any] | None) -> Product:
-        d = Draw(self._keys["products"], i)
-        cat = CATEGORIES[d.below(len(CATEGORIES))]
-        noun, ncm = d.pick(cat.items)
-        qualifier, spec = d.pick(cat.qualifiers), d.pick(cat.specs)
-        price = d.between(*cat.price_cents)
-        cost = max(1, price * d.between(55, 80) // 100)
+    def _product_draws(self, i: int) -> tuple[int, int, _ProductPlan, int, int, int]:
+        """Product i's first draws with ``Draw.below`` inlined (same numbers, hot path).
+
+        (state, the hash left after them, category plan, names digit, price, cost
+        factor); minimum stock, brand and unit are the next digits of that hash.
+        """
+        state = mix64(self._product_key ^ i)
+        acc, c = divmod(mix64(state), len(CATEGORIES))
+        plan = _PRODUCT_PLANS[c]
+        acc, names = divmod(acc, plan.n_names)
+        acc, price = divmod(acc, plan.price_span)
+        acc, factor = divmod(acc, _COST_FACTOR_SPAN)
+        return state, acc, plan, names, plan.price_lo + price, _COST_FACTOR_LO + factor
+
+    def _product_head(self, i: int, patch: Mapping[str, Any] | None) -> ProductHead:
+        _, acc, plan, names, price, factor = self._product_draws(i)
+        name, short_description, _ = plan.names[names]
         if patch:
             price, cost = patch["price_cents"], patch["cost_cents"]
-        minimum = d.below(20)
+        else:
+            cost = max(1, price * factor // 100)
+        return ProductHead(
+            i,
+            self.product_id_base + i,
+            f"{plan.category.sku_prefix}-{i + 1:07d}",
+            name,
+            short_description,
+            plan.category.units[acc // plan.skip_to_unit % plan.n_units],
+            price,
+            cost,
+            self.products.class_of(i) != PRODUCT_INACTIVE_CLASS,
+        )
+
+    def _make_product(self, i: int, patch: Mapping[str, Any] | None) -> Product:
+        state, acc, plan, names, price, factor = self._product_draws(i)
+        cat = plan.category
+        name, short_description, ncm = plan.names[names]
+        cost = max(1, price * factor // 100)
+        if patch:
+            price, cost = patch["price_cents"], patch["cost_cents"]
+        acc, minimum = divmod(acc, _MIN_STOCK_SPAN)
+        acc, brand = divmod(acc, plan.n_brands)
+        acc, unit = divmod(acc, plan.n_units)
+        d = Draw.resume(state, acc, plan.cap)
         space = self.products
         return Product(
             slot=i,
             id=self.product_id_base + i,
             sku=f"{cat.sku_prefix}-{i + 1:07d}",
-            name=f"{noun} {qualifier} {spec}",
-            short_description=f"{noun} {qualifier.lower()} {spec}, linha {cat.name.lower()}.",
+            name=name,
+            short_description=short_description,
             category_id=9_000_000 + cat.id_offset,
             category=cat.name,
-            brand=d.pick(cat.brands),
-            unit=d.pick(cat.units),
+            brand=cat.brands[brand],
+            unit=cat.units[unit],
             gtin=gtin13_789((i * 387_420_489 + self._gtin_shift) % 1_000_000_000),
             ncm=ncm,
             price_cents=price,
@@ -1115,34 +1281,80 @@ class Dataset:
             updated_at=space.changed_at(i),
         )
 
-    def _base_product(self, i: int) -> Product:
-        """As first generated: the price an old order line was sold at."""
-        return self._make_product(i, None)
-
     def product(self, i: int) -> Product:
         """Product at index i as it is now (call only for existing indices)."""
         return self._make_product(i, self._product_patch.get(i))
 
-    def stock(self, p: Product) -> list[StockLine]:
-        """One line per warehouse: (physical, reserved) in thousandths of a unit."""
-        d = Draw(self._keys["stock_levels"], p.slot)
-        kg = p.unit == "KG"
+    def _base_product_head(self, i: int) -> ProductHead:
+        """As first generated: the price an old order line was sold at."""
+        return self._product_head(i, None)
+
+    def product_head(self, i: int) -> ProductHead:
+        """``product(i)``'s list fields, at a fraction of its cost."""
+        return self._product_head(i, self._product_patch.get(i))
+
+    def _stock_milli(self, slot: int, kg: bool) -> list[tuple[int, int]]:
+        """(physical, reserved) thousandths per warehouse, with ``Draw`` inlined.
+
+        The draws of ``Draw(stock key, slot)``, in order, per warehouse: a roll of 100
+        (12% empty, 80% 1..200 units, 8% 201..5000), a quarter-unit digit for KG
+        products that have stock, a 1-in-4 "some reserved" digit and 1..5 reserved units.
+        """
+        state = mix64(self._stock_key ^ slot)
+        acc, cap = mix64(state), _FULL_CAP
+        changes = self._stock
         out = []
-        for k, w in enumerate(self.warehouses):
-            roll = d.below(100)
+        for k in range(len(self.warehouses)):
+            if cap < 100 << 10:
+                state, acc, cap = refill(state)
+            acc, roll = divmod(acc, 100)
+            cap //= 100
             if roll < 12:
                 units = 0
-            elif roll < 92:
-                units = d.between(1, 200)
             else:
-                units = d.between(201, 5000)
-            physical = units * 1000 + (d.below(4) * 250 if kg and units else 0)
-            reserved = 0 if d.below(4) or not units else min(units, d.between(1, 5)) * 1000
-            changed = self._stock.get((p.slot, k))
-            if changed is not None:
-                physical, reserved = changed
-            out.append(StockLine(w, physical, reserved))
+                lo, n = (1, 200) if roll < 92 else (201, 4800)
+                if cap < n << 10:
+                    state, acc, cap = refill(state)
+                acc, units = divmod(acc, n)
+                cap //= n
+                units += lo
+            physical = units * 1000
+            if kg and units:
+                if cap < 4 << 10:
+                    state, acc, cap = refill(state)
+                acc, quarters = divmod(acc, 4)
+                cap //= 4
+                physical += quarters * 250
+            if cap < 4 << 10:
+                state, acc, cap = refill(state)
+            acc, unreserved = divmod(acc, 4)
+            cap //= 4
+            reserved = 0
+            if not unreserved and units:
+                if cap < 5 << 10:
+                    state, acc, cap = refill(state)
+                acc, r = divmod(acc, 5)
+                cap //= 5
+                reserved = min(units, 1 + r) * 1000
+            if changes:
+                changed = changes.get((slot, k))
+                if changed is not None:
+                    physical, reserved = changed
+            out.append((physical, reserved))
         return out
+
+    def stock(self, p: Product | ProductHead) -> list[StockLine]:
+        """One line per warehouse: (physical, reserved) in thousandths of a unit."""
+        return [
+            StockLine(w, physical, reserved)
+            for w, (physical, reserved) in zip(
+                self.warehouses, self._stock_milli(p.slot, p.unit == "KG"), strict=True
+            )
+        ]
+
+    def available_milli(self, p: Product | ProductHead) -> int:
+        """Physical minus reserved stock over every warehouse, in thousandths."""
+        return sum(starmap(sub, self._stock_milli(p.slot, p.unit == "KG")))
 
     # ---- customers
 
@@ -1156,14 +1368,14 @@ class Dataset:
             root = f"{(i * 387_420_489 + self._cnpj_shift) % 100_000_000:08d}"
             document = cnpj_with_check_digits(_not_repdigit(root + "0001"))
             person, ie = "J", f"{d.below(10**9):09d}{d.below(1000):03d}"
-            email = f"compras{i + 1}@{slug(core)}.com.br"
+            email = f"compras{i + 1}@{_SLUGS[core]}.com.br"
         else:
             first, last = d.pick(FIRST_NAMES), d.pick(LAST_NAMES)
             name, trade = f"{first} {d.pick(LAST_NAMES)} {last}", ""
             base = f"{(i * 387_420_489 + self._cpf_shift) % 1_000_000_000:09d}"
             document = cpf_with_check_digits(_not_repdigit(base))
             person, ie = "F", ""
-            email = f"{slug(first)}.{slug(last)}{i + 1}@email.com.br"
+            email = f"{_SLUGS[first]}.{_SLUGS[last]}{i + 1}@email.com.br"
         return Customer(
             slot=i,
             id=self.customer_id_base + i,
@@ -1202,7 +1414,7 @@ class Dataset:
         d: Draw,
         customer_index: int,
         pick_product: Callable[[Draw], int],
-        price_of: Callable[[int], Product],
+        price_of: Callable[[int], ProductHead],
         ordered_at: int,
     ) -> OrderBody:
         lines = []
@@ -1250,7 +1462,7 @@ class Dataset:
             d,
             d.below(n_customers),
             lambda dd: dd.below(n_products),
-            self._base_product,
+            self._base_product_head,
             self.orders.created_at(i),
         )
 
@@ -1279,7 +1491,9 @@ class Dataset:
 
     def is_malformed(self, stream: str, i: int, rate: float) -> bool:
         """Whether record i is served broken at this rate (monotone in the rate)."""
-        return rate > 0 and unit_interval(self._keys[stream], i) < rate
+        # unit_interval(key, i) with its first hash, which depends on the stream only,
+        # computed once.
+        return rate > 0 and mix64(self._fault_keys[stream] ^ (i & _MASK64)) / _TWO64 < rate
 
     def malformed_kind(self, stream: str, i: int) -> int:
         return mix64(self._keys[stream] ^ (i * 0x5851F42D4C957F2D)) % MALFORMED_KINDS
@@ -1403,7 +1617,7 @@ class Dataset:
                     d,
                     customer,
                     lambda _d: self._pick(self.products, rng, 1, set())[0],
-                    self.product,
+                    self.product_head,
                     now,
                 )
                 self._new_orders[i] = body
@@ -1481,7 +1695,7 @@ class Dataset:
             if stream == "products":
                 yield self._truth_product(self.product(i)) | flag
             elif stream == "stock_levels":
-                p = self.product(i)
+                p = self.product_head(i)
                 for line in self.stock(p):
                     yield {
                         "productExternalId": str(p.id),
