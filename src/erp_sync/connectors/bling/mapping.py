@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 
 from erp_sync.canonical import (
     Canonical,
@@ -26,51 +26,25 @@ from erp_sync.canonical import (
 )
 from erp_sync.connectors.base import Mapper, map_stream
 from erp_sync.connectors.http import ErpResponse
+from erp_sync.connectors.raw import Id, Name, Number, RawModel, is_id, text_or_none, zip_code
+from erp_sync.connectors.raw import stock_external_id as stock_external_id  # re-exported
 from erp_sync.kit.documents import digits
 
 CENT = Decimal("0.01")
 
 
-def _json_number(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise ValueError(f"must be a JSON number, got {type(value).__name__} {shown}")
-    # str() of a float is its shortest round-trip form: 25.11 -> Decimal("25.11").
-    number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-    if not number.is_finite():
-        raise ValueError("must be a finite number")
-    return number
-
-
-Number = Annotated[Decimal, BeforeValidator(_json_number)]
-Id = Annotated[StrictInt, Field(gt=0)]
-Name = Annotated[StrictStr, Field(min_length=1)]
-
-
-class _Raw(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-def _text(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
 # ----------------------------------------------------------------------------- products
 
 
-class _Tributacao(_Raw):
+class _Tributacao(RawModel):
     ncm: StrictStr | None = None
 
 
-class _Fornecedor(_Raw):
+class _Fornecedor(RawModel):
     precoCusto: Number | None = None
 
 
-class BlingProduct(_Raw):
+class BlingProduct(RawModel):
     id: Id
     nome: Name
     codigo: StrictStr | None = None
@@ -90,15 +64,15 @@ def product(raw: dict[str, Any]) -> Product:
     cost = p.precoCusto
     if cost is None and p.fornecedor is not None:
         cost = p.fornecedor.precoCusto
-    ncm = _text(p.tributacao.ncm) if p.tributacao else None
+    ncm = text_or_none(p.tributacao.ncm) if p.tributacao else None
     return Product(
         externalId=str(p.id),
-        sku=_text(p.codigo),
+        sku=text_or_none(p.codigo),
         name=p.nome,
-        gtin=_text(p.gtin),
+        gtin=text_or_none(p.gtin),
         ncm=digits(ncm) or None if ncm else None,
-        unit=_text(p.unidade),
-        brand=_text(p.marca),
+        unit=text_or_none(p.unidade),
+        brand=text_or_none(p.marca),
         listPrice=p.preco,
         costPrice=cost,
         active=p.situacao == "A",
@@ -108,19 +82,19 @@ def product(raw: dict[str, Any]) -> Product:
 # ------------------------------------------------------------------------------- stock
 
 
-class _StockProduct(_Raw):
+class _StockProduct(RawModel):
     id: Id
     codigo: StrictStr | None = None
 
 
-class _WarehouseBalance(_Raw):
+class _WarehouseBalance(RawModel):
     id: Id
     saldoFisico: Number
     saldoVirtual: Number
     descricao: StrictStr | None = None
 
 
-class BlingStockEntry(_Raw):
+class BlingStockEntry(RawModel):
     """One product's entry of ``GET /estoques/saldos``, as Bling sends it."""
 
     produto: _StockProduct
@@ -129,7 +103,7 @@ class BlingStockEntry(_Raw):
     depositos: list[_WarehouseBalance]
 
 
-class BlingStockRow(_Raw):
+class BlingStockRow(RawModel):
     """One (product, warehouse) slice of an entry: the stream's record."""
 
     produto: _StockProduct
@@ -149,12 +123,12 @@ def split_stock_entry(raw: Any, warehouse_names: dict[int, str]) -> list[Any]:
     except ValueError:  # pydantic's ValidationError is a ValueError
         product = raw.get("produto") if isinstance(raw, dict) else None
         pid = product.get("id") if isinstance(product, dict) else None
-        if not _is_id(pid):
+        if not is_id(pid):
             return [raw]
         listed = raw.get("depositos")
         warehouses = set(warehouse_names)
         if isinstance(listed, list):
-            warehouses |= {d["id"] for d in listed if isinstance(d, dict) and _is_id(d.get("id"))}
+            warehouses |= {d["id"] for d in listed if isinstance(d, dict) and is_id(d.get("id"))}
         if not warehouses:
             return [raw]
         return [
@@ -172,10 +146,6 @@ def split_stock_entry(raw: Any, warehouse_names: dict[int, str]) -> list[Any]:
     return rows
 
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def stock_level(raw: dict[str, Any]) -> StockLevel:
     if "entry" in raw:
         # A slice of an entry that failed to validate: say what is wrong with the entry.
@@ -190,21 +160,17 @@ def stock_level(raw: dict[str, Any]) -> StockLevel:
         externalId=stock_external_id(row.produto.id, row.deposito.id),
         productExternalId=str(row.produto.id),
         warehouseId=str(row.deposito.id),
-        warehouseName=_text(row.deposito.descricao),
+        warehouseName=text_or_none(row.deposito.descricao),
         quantity=physical,
         reserved=physical - available,
         available=available,
     )
 
 
-def stock_external_id(product_id: object, warehouse_id: object) -> str:
-    return f"{product_id}:{warehouse_id}"
-
-
 # ---------------------------------------------------------------------------- customers
 
 
-class _Address(_Raw):
+class _Address(RawModel):
     endereco: StrictStr | None = None
     numero: StrictStr | None = None
     complemento: StrictStr | None = None
@@ -214,15 +180,15 @@ class _Address(_Raw):
     uf: StrictStr | None = None
 
 
-class _Addresses(_Raw):
+class _Addresses(RawModel):
     geral: _Address | None = None
 
 
-class _Country(_Raw):
+class _Country(RawModel):
     nome: StrictStr | None = None
 
 
-class BlingContact(_Raw):
+class BlingContact(RawModel):
     id: Id
     nome: Name
     situacao: StrictStr | None = None
@@ -239,16 +205,8 @@ class BlingContact(_Raw):
 _CONTACT_ACTIVE = {"A": True, "S": True, "I": False, "E": False}
 
 
-def _zip(value: str | None) -> str | None:
-    value = _text(value)
-    if value is None:
-        return None
-    only = digits(value)
-    return only if len(only) == 8 else value
-
-
 def _country(value: str | None) -> str | None:
-    value = _text(value)
+    value = text_or_none(value)
     if value is None:
         return None
     return "BR" if value.upper() in ("BRASIL", "BRAZIL") else value
@@ -261,8 +219,8 @@ def customer(raw: dict[str, Any]) -> Customer:
         if c.situacao not in _CONTACT_ACTIVE:
             raise ValueError(f"situacao {c.situacao!r} is not one of A, S, I, E")
         active = _CONTACT_ACTIVE[c.situacao]
-    doc = _text(c.numeroDocumento)
-    person = _text(c.tipo)
+    doc = text_or_none(c.numeroDocumento)
+    person = text_or_none(c.tipo)
     if person is None and doc is not None:
         person = {11: "F", 14: "J"}.get(len(digits(doc)))
     address = c.endereco.geral if c.endereco and c.endereco.geral else _Address()
@@ -271,15 +229,15 @@ def customer(raw: dict[str, Any]) -> Customer:
         name=c.nome,
         document=doc,  # the canonical model checks the digits and keeps digits only
         personType=person,
-        email=_text(c.email),
-        phone=_text(c.telefone) or _text(c.celular),
-        street=_text(address.endereco),
-        number=_text(address.numero),
-        complement=_text(address.complemento),
-        district=_text(address.bairro),
-        city=_text(address.municipio),
-        state=_text(address.uf),
-        zipCode=_zip(address.cep),
+        email=text_or_none(c.email),
+        phone=text_or_none(c.telefone) or text_or_none(c.celular),
+        street=text_or_none(address.endereco),
+        number=text_or_none(address.numero),
+        complement=text_or_none(address.complemento),
+        district=text_or_none(address.bairro),
+        city=text_or_none(address.municipio),
+        state=text_or_none(address.uf),
+        zipCode=zip_code(address.cep),
         country=_country(c.pais.nome if c.pais else None),
         active=active,
     )
@@ -288,21 +246,21 @@ def customer(raw: dict[str, Any]) -> Customer:
 # ------------------------------------------------------------------------- sales orders
 
 
-class _OrderContact(_Raw):
+class _OrderContact(RawModel):
     id: Id
     nome: StrictStr | None = None
 
 
-class _Status(_Raw):
+class _Status(RawModel):
     id: StrictInt
     valor: StrictInt | None = None
 
 
-class _ItemProduct(_Raw):
+class _ItemProduct(RawModel):
     id: StrictInt | None = None
 
 
-class _Item(_Raw):
+class _Item(RawModel):
     codigo: StrictStr | None = None
     descricao: StrictStr | None = None
     quantidade: Number
@@ -311,16 +269,16 @@ class _Item(_Raw):
     produto: _ItemProduct | None = None
 
 
-class _Transport(_Raw):
+class _Transport(RawModel):
     frete: Number | None = None
 
 
-class _Discount(_Raw):
+class _Discount(RawModel):
     valor: Number
     unidade: StrictStr | None = None
 
 
-class BlingOrder(_Raw):
+class BlingOrder(RawModel):
     id: Id
     numero: StrictInt | StrictStr | None = None
     data: StrictStr | None = None
@@ -346,7 +304,7 @@ ORDER_STATUS = {
 
 
 def _date(value: str | None) -> date | None:
-    value = _text(value)
+    value = text_or_none(value)
     if value is None or value.startswith("0000-00-00"):
         return None  # Bling's empty date
     return date.fromisoformat(value[:10])
@@ -364,8 +322,8 @@ def order_line(number: int, item: _Item) -> SalesOrderLine:
     return SalesOrderLine(
         lineNumber=number,
         productExternalId=str(product_id) if product_id else None,
-        sku=_text(item.codigo),
-        description=_text(item.descricao),
+        sku=text_or_none(item.codigo),
+        description=text_or_none(item.descricao),
         quantity=item.quantidade,
         unitPrice=item.valor,
         discount=_cents(gross) - total,
@@ -388,7 +346,7 @@ def sales_order(raw: dict[str, Any]) -> SalesOrder:
         externalId=str(o.id),
         number=str(o.numero) if o.numero not in (None, "") else None,
         customerExternalId=str(o.contato.id),
-        customerName=_text(o.contato.nome),
+        customerName=text_or_none(o.contato.nome),
         status=status,
         orderDate=_date(o.data),
         currency="BRL",

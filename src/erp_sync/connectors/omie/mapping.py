@@ -19,11 +19,11 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 
 from erp_sync.canonical import (
     Canonical,
@@ -35,6 +35,16 @@ from erp_sync.canonical import (
 )
 from erp_sync.connectors.base import Mapper, map_stream
 from erp_sync.connectors.http import ErpResponse
+from erp_sync.connectors.raw import (
+    Id,
+    Name,
+    Number,
+    RawModel,
+    is_id,
+    stock_external_id,
+    text_or_none,
+    zip_code,
+)
 from erp_sync.kit.documents import digits
 
 BRASILIA = ZoneInfo("America/Sao_Paulo")
@@ -122,50 +132,24 @@ def describe_error(resp: ErpResponse) -> str:
 # ------------------------------------------------------------------------------ values
 
 
-def _json_number(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise ValueError(f"must be a JSON number, got {type(value).__name__} {shown}")
-    # str() of a float is its shortest round-trip form: 25.11 -> Decimal("25.11").
-    number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-    if not number.is_finite():
-        raise ValueError("must be a finite number")
-    return number
-
-
-Number = Annotated[Decimal, BeforeValidator(_json_number)]
-Id = Annotated[StrictInt, Field(gt=0)]
-Name = Annotated[StrictStr, Field(min_length=1)]
 Flag = Literal["S", "N", ""]
-
-
-class _Raw(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-def _text(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
 
 
 def omie_datetime(day: str | None, clock: str | None) -> datetime | None:
     """``dd/mm/aaaa`` + ``HH:MM:SS`` (Brasília) -> an aware datetime; None when empty."""
-    day = _text(day)
+    day = text_or_none(day)
     if day is None:
         return None
-    moment = datetime.strptime(f"{day} {_text(clock) or '00:00:00'}", "%d/%m/%Y %H:%M:%S")
+    moment = datetime.strptime(f"{day} {text_or_none(clock) or '00:00:00'}", "%d/%m/%Y %H:%M:%S")
     return moment.replace(tzinfo=BRASILIA)
 
 
 def omie_date(day: str | None) -> date | None:
-    day = _text(day)
+    day = text_or_none(day)
     return None if day is None else datetime.strptime(day, "%d/%m/%Y").date()
 
 
-class _Info(_Raw):
+class _Info(RawModel):
     dInc: StrictStr | None = None
     hInc: StrictStr | None = None
     dAlt: StrictStr | None = None
@@ -178,7 +162,7 @@ class _Info(_Raw):
 # ---------------------------------------------------------------------------- products
 
 
-class OmieProduct(_Raw):
+class OmieProduct(RawModel):
     codigo_produto: Id
     descricao: Name
     codigo: StrictStr | None = None
@@ -197,12 +181,12 @@ def product(raw: dict[str, Any]) -> Product:
     return Product(
         externalId=str(p.codigo_produto),
         sourceUpdatedAt=p.info.changed_at() if p.info else None,
-        sku=_text(p.codigo),
+        sku=text_or_none(p.codigo),
         name=p.descricao,
-        gtin=_text(p.ean),
+        gtin=text_or_none(p.ean),
         ncm=ncm or None,
-        unit=_text(p.unidade),
-        brand=_text(p.marca),
+        unit=text_or_none(p.unidade),
+        brand=text_or_none(p.marca),
         listPrice=p.valor_unitario,
         costPrice=None,  # not in Omie's product record (the stock position has nCMC)
         active=p.inativo != "S",
@@ -215,7 +199,7 @@ def product(raw: dict[str, Any]) -> Product:
 LOCAL_NAME_KEY = "descricao_local_estoque"
 
 
-class OmieStockLine(_Raw):
+class OmieStockLine(RawModel):
     nCodProd: Id
     codigo_local_estoque: Id
     fisico: Number
@@ -224,17 +208,13 @@ class OmieStockLine(_Raw):
     descricao_local_estoque: StrictStr | None = None
 
 
-def stock_external_id(product_id: object, local_id: object) -> str:
-    return f"{product_id}:{local_id}"
-
-
 def stock_level(raw: dict[str, Any]) -> StockLevel:
     s = OmieStockLine.model_validate(raw)
     return StockLevel(
         externalId=stock_external_id(s.nCodProd, s.codigo_local_estoque),
         productExternalId=str(s.nCodProd),
         warehouseId=str(s.codigo_local_estoque),
-        warehouseName=_text(s.descricao_local_estoque),
+        warehouseName=text_or_none(s.descricao_local_estoque),
         quantity=s.fisico,
         reserved=s.reservado,
         available=s.fisico - s.reservado,
@@ -244,7 +224,7 @@ def stock_level(raw: dict[str, Any]) -> StockLevel:
 # --------------------------------------------------------------------------- customers
 
 
-class OmieCustomer(_Raw):
+class OmieCustomer(RawModel):
     codigo_cliente_omie: Id
     razao_social: Name
     nome_fantasia: StrictStr | None = None
@@ -271,47 +251,39 @@ _CITY_UF = re.compile(r"\s*\([A-Z]{2}\)\s*$")
 
 
 def _phone(ddd: str | None, number: str | None) -> str | None:
-    number = _text(number)
+    number = text_or_none(number)
     if number is None:
         return None
-    ddd = _text(ddd)
+    ddd = text_or_none(ddd)
     return f"({ddd}) {number}" if ddd else number
-
-
-def _zip(value: str | None) -> str | None:
-    value = _text(value)
-    if value is None:
-        return None
-    only = digits(value)
-    return only if len(only) == 8 else value
 
 
 def customer(raw: dict[str, Any]) -> Customer:
     c = OmieCustomer.model_validate(raw)
-    doc = _text(c.cnpj_cpf)
+    doc = text_or_none(c.cnpj_cpf)
     if c.pessoa_fisica:
         person: str | None = "F" if c.pessoa_fisica == "S" else "J"
     else:
         person = {11: "F", 14: "J"}.get(len(digits(doc))) if doc else None
-    city = _text(c.cidade)
-    country = _text(c.codigo_pais)
+    city = text_or_none(c.cidade)
+    country = text_or_none(c.codigo_pais)
     return Customer(
         externalId=str(c.codigo_cliente_omie),
         sourceUpdatedAt=c.info.changed_at() if c.info else None,
         name=c.razao_social,
         document=doc,  # the canonical model checks the digits and keeps digits only
         personType=person,
-        email=_text(c.email),
+        email=text_or_none(c.email),
         phone=_phone(c.telefone1_ddd, c.telefone1_numero)
         or _phone(c.telefone2_ddd, c.telefone2_numero),
-        street=_text(c.endereco),
-        number=_text(c.endereco_numero),
-        complement=_text(c.complemento),
-        district=_text(c.bairro),
+        street=text_or_none(c.endereco),
+        number=text_or_none(c.endereco_numero),
+        complement=text_or_none(c.complemento),
+        district=text_or_none(c.bairro),
         # Omie's cidade reads "São Paulo (SP)"; the state has its own field.
         city=_CITY_UF.sub("", city) if city else None,
-        state=_text(c.estado),
-        zipCode=_zip(c.cep),
+        state=text_or_none(c.estado),
+        zipCode=zip_code(c.cep),
         # 1058 is Brazil in the Banco Central country table Omie uses.
         country="BR" if country in (None, "1058") else country,
         active=c.inativo != "S",
@@ -321,14 +293,14 @@ def customer(raw: dict[str, Any]) -> Customer:
 # ------------------------------------------------------------------------ sales orders
 
 
-class _Header(_Raw):
+class _Header(RawModel):
     codigo_pedido: Id
     numero_pedido: StrictStr | StrictInt | None = None
     codigo_cliente: StrictInt | None = None
     etapa: StrictStr | None = None
 
 
-class _ItemProduct(_Raw):
+class _ItemProduct(RawModel):
     codigo_produto: StrictInt | None = None
     codigo: StrictStr | None = None
     descricao: StrictStr | None = None
@@ -338,15 +310,15 @@ class _ItemProduct(_Raw):
     valor_total: Number
 
 
-class _Item(_Raw):
+class _Item(RawModel):
     produto: _ItemProduct
 
 
-class _Freight(_Raw):
+class _Freight(RawModel):
     valor_frete: Number = Decimal(0)
 
 
-class _OrderInfo(_Raw):
+class _OrderInfo(RawModel):
     dInc: StrictStr | None = None
     hInc: StrictStr | None = None
     dAlt: StrictStr | None = None
@@ -355,13 +327,13 @@ class _OrderInfo(_Raw):
     faturado: Flag = "N"
 
 
-class _Totals(_Raw):
+class _Totals(RawModel):
     valor_mercadorias: Number | None = None
     valor_descontos: Number | None = None
     valor_total_pedido: Number
 
 
-class OmieOrder(_Raw):
+class OmieOrder(RawModel):
     cabecalho: _Header
     det: list[_Item] = Field(default_factory=list)
     frete: _Freight | None = None
@@ -387,7 +359,7 @@ def order_status(stage: str | None, info: _OrderInfo | None) -> str | None:
         return "Cancelado"
     if info is not None and info.faturado == "S":
         return "Faturado"
-    stage = _text(stage)
+    stage = text_or_none(stage)
     return None if stage is None else ORDER_STAGES.get(stage, f"Etapa {stage}")
 
 
@@ -400,8 +372,8 @@ def sales_order(raw: dict[str, Any]) -> SalesOrder:
             productExternalId=str(item.produto.codigo_produto)
             if item.produto.codigo_produto
             else None,
-            sku=_text(item.produto.codigo),
-            description=_text(item.produto.descricao),
+            sku=text_or_none(item.produto.codigo),
+            description=text_or_none(item.produto.descricao),
             quantity=item.produto.quantidade,
             unitPrice=item.produto.valor_unitario,
             discount=item.produto.valor_desconto,
@@ -448,7 +420,7 @@ def to_canonical(stream: str, raw: dict[str, Any]) -> Canonical:
 
 
 def _positive_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if is_id(value) else None
 
 
 def external_id(stream: str, raw: Any) -> str | None:

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Protocol, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
 from erp_sync.canonical import (
     Canonical,
@@ -39,6 +39,15 @@ from erp_sync.canonical import (
     StockLevel,
 )
 from erp_sync.connectors.base import Mapper, map_stream
+from erp_sync.connectors.raw import (
+    Id,
+    Name,
+    RawModel,
+    brief_repr,
+    number_to_decimal,
+    text_or_none,
+)
+from erp_sync.connectors.raw import stock_external_id as stock_external_id  # re-exported
 from erp_sync.errors import DataError
 from erp_sync.kit.documents import digits
 
@@ -68,8 +77,7 @@ def jsonable(value: Any) -> Any:
 
 def _exact_decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        shown = brief_repr(value)
         raise ValueError(f"must be an exact decimal (a Tryton Decimal), got {shown}")
     try:
         number = Decimal(value)
@@ -81,14 +89,11 @@ def _exact_decimal(value: Any) -> Decimal:
 
 
 def _float_number(value: Any) -> Decimal:
-    """Tryton's Float fields (quantities) arrive as JSON numbers; str() of a float is
-    its shortest round-trip form, so 12.5 -> Decimal("12.5") exactly."""
+    """Tryton's Float fields (quantities) arrive as JSON numbers, read exactly as the
+    other connectors' ``Number``; only the message for a non-number is Tryton's own."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"must be a number, got {type(value).__name__}")
-    number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-    if not number.is_finite():
-        raise ValueError("must be a finite number")
-    return number
+    return number_to_decimal(value)
 
 
 def _flag(value: Any) -> bool:
@@ -119,19 +124,11 @@ FloatNumber = Annotated[Decimal, BeforeValidator(_float_number)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 Day = Annotated[date, BeforeValidator(_day)]
-Id = Annotated[StrictInt, Field(gt=0)]
-Name = Annotated[StrictStr, Field(min_length=1)]
 
 
-class _Raw(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
-
-
-def _text(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
+class _Raw(RawModel):
+    # Tryton's dotted fields ("template.") are aliased; their Python names are accepted too.
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class _Sequenced(Protocol):
@@ -184,7 +181,7 @@ class TrytonProduct(_Raw):
 
 def _identifier(items: Sequence[_ProductIdentifier], kind: str) -> str | None:
     for item in in_tryton_order(i for i in items if i.type == kind):
-        if code := _text(item.code):
+        if code := text_or_none(item.code):
             return code
     return None
 
@@ -194,10 +191,10 @@ def product(raw: dict[str, Any]) -> Product:
     return Product(
         externalId=str(p.id),
         sourceUpdatedAt=max(p.last_modified_at, p.template.last_modified_at),
-        sku=_text(p.code),
+        sku=text_or_none(p.code),
         name=p.template.name,
         gtin=_identifier(p.identifiers, "ean"),
-        unit=_text(p.default_uom.symbol) if p.default_uom else None,
+        unit=text_or_none(p.default_uom.symbol) if p.default_uom else None,
         brand=_identifier(p.identifiers, "brand"),
         listPrice=p.list_price_used,
         costPrice=p.cost_price,
@@ -228,17 +225,13 @@ class TrytonStockRow(_Raw):
     forecast_quantity: FloatNumber
 
 
-def stock_external_id(product_id: object, warehouse_id: object) -> str:
-    return f"{product_id}:{warehouse_id}"
-
-
 def stock_level(raw: dict[str, Any]) -> StockLevel:
     row = TrytonStockRow.model_validate(raw)
     return StockLevel(
         externalId=stock_external_id(row.product.id, row.warehouse.id),
         productExternalId=str(row.product.id),
         warehouseId=str(row.warehouse.id),
-        warehouseName=_text(row.warehouse.name),
+        warehouseName=text_or_none(row.warehouse.name),
         quantity=row.quantity,
         # Tryton's forecast: on hand, plus planned receipts, minus planned deliveries.
         available=row.forecast_quantity,
@@ -300,45 +293,45 @@ class TrytonParty(_Raw):
 def _contact(items: Sequence[_Contact], *kinds: str) -> str | None:
     for kind in kinds:
         for item in in_tryton_order(c for c in items if c.type == kind and c.active):
-            if value := _text(item.value):
+            if value := text_or_none(item.value):
                 return value
     return None
 
 
 def _street(a: _Address) -> str | None:
-    if name := _text(a.street_name):
+    if name := text_or_none(a.street_name):
         return name
     if a.street_unstructured and (lines := [s.strip() for s in a.street_unstructured.splitlines()]):
         return ", ".join(s for s in lines if s) or None
-    return _text(a.street)
+    return text_or_none(a.street)
 
 
 def customer(raw: dict[str, Any]) -> Customer:
     p = TrytonParty.model_validate(raw)
-    name = _text(p.name) or _text(p.code)
+    name = text_or_none(p.name) or text_or_none(p.code)
     if name is None:
         raise DataError("the party has neither a name nor a code")
     document = person_type = None
     for ident in in_tryton_order(i for i in p.identifiers if i.type in CPF_CNPJ_TYPES):
-        if ident.active and _text(ident.code):
+        if ident.active and text_or_none(ident.code):
             document = ident.code  # validated (check digits) by the canonical model
             person_type = "F" if len(digits(ident.code)) == 11 else "J"
             break
     address = next(iter(in_tryton_order(a for a in p.addresses if a.active)), None)
     values: dict[str, Any] = {}
     if address is not None:
-        country = _text(address.country.code) if address.country else None
-        subdivision = _text(address.subdivision.code) if address.subdivision else None
-        postal = _text(address.postal_code)
+        country = text_or_none(address.country.code) if address.country else None
+        subdivision = text_or_none(address.subdivision.code) if address.subdivision else None
+        postal = text_or_none(address.postal_code)
         if postal and country == "BR":
             postal = digits(postal) or postal
         extras = (address.building_name, address.floor_number, address.unit_number,
                   address.room_number)  # fmt: skip
         values = {
             "street": _street(address),
-            "number": _text(address.building_number),
-            "complement": ", ".join(t for e in extras if (t := _text(e))) or None,
-            "city": _text(address.city),
+            "number": text_or_none(address.building_number),
+            "complement": ", ".join(t for e in extras if (t := text_or_none(e))) or None,
+            "city": text_or_none(address.city),
             # ISO 3166-2 "BR-RJ" -> "RJ" (the UF)
             "state": subdivision.split("-", 1)[-1] if subdivision else None,
             "zipCode": postal,
@@ -406,8 +399,8 @@ def sales_order(raw: dict[str, Any]) -> SalesOrder:
             SalesOrderLine(
                 lineNumber=len(lines) + 1,
                 productExternalId=str(line.product.id) if line.product else None,
-                sku=_text(line.product.code) if line.product else None,
-                description=_text(line.description),
+                sku=text_or_none(line.product.code) if line.product else None,
+                description=text_or_none(line.description),
                 quantity=line.quantity,
                 unitPrice=line.unit_price,
                 total=line.amount,
@@ -416,12 +409,12 @@ def sales_order(raw: dict[str, Any]) -> SalesOrder:
     return SalesOrder(
         externalId=str(s.id),
         sourceUpdatedAt=s.last_modified_at,
-        number=_text(s.number),
+        number=text_or_none(s.number),
         customerExternalId=str(s.party.id),
-        customerName=_text(s.party.name),
+        customerName=text_or_none(s.party.name),
         status=s.state,
         orderDate=s.sale_date,
-        currency=_text(s.currency.code) if s.currency else None,
+        currency=text_or_none(s.currency.code) if s.currency else None,
         totalProducts=s.untaxed_amount,
         total=s.total_amount,
         lines=lines,
