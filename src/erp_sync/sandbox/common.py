@@ -100,7 +100,7 @@ class Draw:
 
     @classmethod
     def resume(cls, state: int, acc: int, cap: int) -> Draw:
-        """The stream at a point reached by drawing inline (see ``refill``)."""
+        """The stream at a point reached by drawing inline (``Dataset._product_draws``)."""
         d = cls.__new__(cls)
         d._state, d._acc, d._cap = state, acc, cap
         return d
@@ -111,7 +111,7 @@ class Draw:
         """Integer in [0, n)."""
         cap = self._cap
         if cap < n << 10:
-            self._state, self._acc, cap = refill(self._state)
+            self._state, self._acc, cap = _refill(self._state)
         self._acc, r = divmod(self._acc, n)
         self._cap = cap // n
         return r
@@ -121,7 +121,7 @@ class Draw:
         n = hi - lo + 1
         cap = self._cap
         if cap < n << 10:
-            self._state, self._acc, cap = refill(self._state)
+            self._state, self._acc, cap = _refill(self._state)
         self._acc, r = divmod(self._acc, n)
         self._cap = cap // n
         return lo + r
@@ -130,7 +130,7 @@ class Draw:
         n = len(options)
         cap = self._cap
         if cap < n << 10:
-            self._state, self._acc, cap = refill(self._state)
+            self._state, self._acc, cap = _refill(self._state)
         self._acc, r = divmod(self._acc, n)
         self._cap = cap // n
         return options[r]
@@ -139,12 +139,8 @@ class Draw:
         return self.below(100) < percent
 
 
-def refill(state: int) -> tuple[int, int, int]:
-    """A ``Draw``'s next (state, acc, cap) once its hash is spent.
-
-    Hot generators inline ``Draw.below`` as ``if cap < n << 10: state, acc, cap =
-    refill(state)`` then ``acc, r = divmod(acc, n)`` and ``cap //= n``.
-    """
+def _refill(state: int) -> tuple[int, int, int]:
+    """A ``Draw``'s next (state, acc, cap) once its hash is spent."""
     state = (state + _GOLDEN) & _MASK64
     return state, mix64(state), _FULL_CAP
 
@@ -1294,52 +1290,24 @@ class Dataset:
         return self._product_head(i, self._product_patch.get(i))
 
     def _stock_milli(self, slot: int, kg: bool) -> list[tuple[int, int]]:
-        """(physical, reserved) thousandths per warehouse, with ``Draw`` inlined.
-
-        The draws of ``Draw(stock key, slot)``, in order, per warehouse: a roll of 100
-        (12% empty, 80% 1..200 units, 8% 201..5000), a quarter-unit digit for KG
-        products that have stock, a 1-in-4 "some reserved" digit and 1..5 reserved units.
-        """
-        state = mix64(self._stock_key ^ slot)
-        acc, cap = mix64(state), _FULL_CAP
+        """(physical, reserved) thousandths per warehouse (no ``StockLine``: a list item
+        needs only their sum)."""
+        d = Draw(self._stock_key, slot)
         changes = self._stock
         out = []
         for k in range(len(self.warehouses)):
-            if cap < 100 << 10:
-                state, acc, cap = refill(state)
-            acc, roll = divmod(acc, 100)
-            cap //= 100
+            roll = d.below(100)
             if roll < 12:
                 units = 0
+            elif roll < 92:
+                units = d.between(1, 200)
             else:
-                lo, n = (1, 200) if roll < 92 else (201, 4800)
-                if cap < n << 10:
-                    state, acc, cap = refill(state)
-                acc, units = divmod(acc, n)
-                cap //= n
-                units += lo
-            physical = units * 1000
-            if kg and units:
-                if cap < 4 << 10:
-                    state, acc, cap = refill(state)
-                acc, quarters = divmod(acc, 4)
-                cap //= 4
-                physical += quarters * 250
-            if cap < 4 << 10:
-                state, acc, cap = refill(state)
-            acc, unreserved = divmod(acc, 4)
-            cap //= 4
-            reserved = 0
-            if not unreserved and units:
-                if cap < 5 << 10:
-                    state, acc, cap = refill(state)
-                acc, r = divmod(acc, 5)
-                cap //= 5
-                reserved = min(units, 1 + r) * 1000
-            if changes:
-                changed = changes.get((slot, k))
-                if changed is not None:
-                    physical, reserved = changed
+                units = d.between(201, 5000)
+            physical = units * 1000 + (d.below(4) * 250 if kg and units else 0)
+            reserved = 0 if d.below(4) or not units else min(units, d.between(1, 5)) * 1000
+            changed = changes.get((slot, k)) if changes else None
+            if changed is not None:
+                physical, reserved = changed
             out.append((physical, reserved))
         return out
 
