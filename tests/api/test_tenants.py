@@ -192,6 +192,16 @@ TRYTON = {"url": "http://erp.example/", "database": "acme"}
             "less than or equal to 32",
         ),
         ({"provider": "bling", "settings": {"colour": "red"}}, "settings.colour", "Extra inputs"),
+        (
+            {"provider": "omie", "settings": {"base_url": "https:///api/v1"}},
+            "settings.base_url",
+            "and name the server",
+        ),
+        (
+            {"provider": "tryton", "settings": {**TRYTON, "url": "erp.example:8000"}},
+            "settings.url",
+            "must start with https://",
+        ),
         ({"provider": "tryton", "settings": {"database": "acme"}}, "settings.url", "required"),
         (
             {"provider": "tryton", "settings": TRYTON, "credentials": {"login": "sync"}},

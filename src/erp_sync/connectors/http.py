@@ -26,10 +26,12 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from pydantic import AfterValidator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from erp_sync.connectors.governor import Governor
@@ -48,6 +50,23 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0)
 # A slow-loris answer trickling bytes never trips the read timeout: bound the whole call.
 REQUEST_DEADLINE_S = 180.0
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
+
+
+def http_base_url(value: str) -> str:
+    """An ERP's base URL as a connection's settings give it: http(s) with a host, without
+    the trailing slash."""
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError(
+            "must start with https:// (or http:// for a local sandbox) and name the server, "
+            "e.g. https://erp.example.com.br"
+        )
+    return value
+
+
+# A settings field holding an ERP's base URL (see http_base_url).
+BaseUrl = Annotated[str, AfterValidator(http_base_url)]
 
 
 class DeadlineExceeded(Timeout):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from erp_sync.canonical import Canonical
 from erp_sync.connectors.base import Connector, ConnectorContext, Cursor, Page, RateLimits
@@ -42,7 +42,7 @@ from erp_sync.connectors.bling.mapping import (
     stock_external_id,
     to_canonical,
 )
-from erp_sync.connectors.http import REQUEST_DEADLINE_S, ErpHttp, ErpResponse
+from erp_sync.connectors.http import REQUEST_DEADLINE_S, BaseUrl, ErpHttp, ErpResponse
 from erp_sync.errors import ConfigError, ContractError, PermanentError
 
 DEFAULT_BASE_URL = "https://api.bling.com.br/Api/v3"
@@ -63,7 +63,7 @@ UNLIMITED_READ_AHEAD = 4
 class BlingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = DEFAULT_BASE_URL
+    base_url: BaseUrl = DEFAULT_BASE_URL
     # What Bling counts its quotas by: set it when several connections share one OAuth
     # app (client_id), e.g. to the Bling company id; the default is the client_id.
     account: str | None = None
@@ -77,14 +77,6 @@ class BlingSettings(BaseModel):
     # The longest one call may take, answer included (a slow-loris answer trickling
     # bytes never trips the read timeout).
     request_deadline_s: float = Field(default=REQUEST_DEADLINE_S, gt=0, le=3600)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for a local sandbox)")
-        return value
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from erp_sync.canonical import Canonical
 from erp_sync.connectors.base import Connector, ConnectorContext, Cursor, Page, RateLimits
-from erp_sync.connectors.http import ErpHttp
+from erp_sync.connectors.http import BaseUrl, ErpHttp
 from erp_sync.connectors.omie import cursor as cur
 from erp_sync.connectors.omie.client import OmieClient
 from erp_sync.connectors.omie.mapping import (
@@ -60,7 +60,7 @@ class OmieCredentials(BaseModel):
 class OmieSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = DEFAULT_BASE_URL
+    base_url: BaseUrl = DEFAULT_BASE_URL
     page_size: int = Field(default=MAX_PAGE_SIZE, ge=10, le=MAX_PAGE_SIZE)
     # Pages of one read in flight at once (Omie allows 4 calls of a method at a time,
     # shared by every worker on the app key).
@@ -81,14 +81,6 @@ class OmieSettings(BaseModel):
     # the rate limits (per method and per IP; the concurrency slot stays), N paces each
     # method at N calls/s. Never set it against the real Omie.
     rate_limit_per_second: float | None = Field(default=None, ge=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for a local sandbox)")
-        return value
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from erp_sync.canonical import Canonical
 from erp_sync.connectors.base import Connector, ConnectorContext, Cursor, Page, RateLimits
-from erp_sync.connectors.http import ErpHttp
+from erp_sync.connectors.http import BaseUrl, ErpHttp
 from erp_sync.connectors.tryton import cursor as cur
 from erp_sync.connectors.tryton.mapping import jsonable, stock_external_id, to_canonical
 from erp_sync.connectors.tryton.rpc import TrytonRpc, describe_error
@@ -86,7 +85,7 @@ class TrytonSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The server, without the database: "https://erp.example.com.br/".
-    url: str
+    url: BaseUrl
     database: str = Field(min_length=1)
     # Records per call (search_read pages and id chunks).
     page_size: int = Field(default=100, ge=10, le=1000)
@@ -98,12 +97,8 @@ class TrytonSettings(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.netloc:
-            raise ValueError("must be the server's http(s) URL, e.g. https://erp.example.com/")
-        return value.rstrip("/") + "/"
+    def _slash(cls, value: str) -> str:
+        return value + "/"  # the database's path is appended to it
 
 
 class TrytonCredentials(BaseModel):
