@@ -129,6 +129,7 @@ from erp_sync.sandbox.common import (
     PRODUCT_INACTIVE_CLASS,
     Account,
     AccountSpec,
+    Breaks,
     Customer,
     Dataset,
     FaultAction,
@@ -145,8 +146,6 @@ from erp_sync.sandbox.common import (
     add_one_year,
     admin_routes,
     bad_gateway_page,
-    bump_last_digit,
-    comma_decimal,
     fmt_date,
     money,
     parse_local,
@@ -161,22 +160,21 @@ MAX_LIMIT = 100
 MAX_IDS = 100
 SCOPE = "98308 98309 98310 98313 98314 318257553 5990556 6631498"
 
-MALFORMED_KIND_NAMES: Mapping[str, Sequence[str]] = {
-    "products": ("missing_id", "preco_not_numeric", "nome_null", "preco_wrong_type"),
-    "stock_levels": (
-        "missing_produto",
-        "saldoFisicoTotal_not_numeric",
-        "depositos_null",
-        "saldoVirtualTotal_wrong_type",
-    ),
-    "customers": (
-        "missing_id",
-        "nome_null",
-        "numeroDocumento_bad_check_digits",
-        "nome_wrong_type",
-    ),
-    "sales_orders": ("missing_id", "total_not_numeric", "contato_null", "total_wrong_type"),
-}
+# How each stream's malformed records are spoilt (see Breaks); kind k is the k-th way.
+BREAKS = Breaks(
+    {
+        "products": [("drop", ("id",)), ("comma", ("preco",)), ("null", ("nome",)),
+                     ("wrap", ("preco",))],
+        "stock_levels": [("drop", ("produto",)), ("comma", ("saldoFisicoTotal",)),
+                         ("null", ("depositos",)), ("wrap", ("saldoVirtualTotal",))],
+        "customers": [("drop", ("id",)), ("null", ("nome",)), ("bump", ("numeroDocumento",)),
+                      ("list", ("nome",))],
+        "sales_orders": [("drop", ("id",)), ("comma", ("total",)), ("null", ("contato",)),
+                         ("wrap", ("total",))],
+    }
+)  # fmt: skip
+MALFORMED_KIND_NAMES: Mapping[str, Sequence[str]] = BREAKS.kind_names()
+break_record = BREAKS.apply
 
 
 @dataclass(frozen=True)
@@ -587,46 +585,6 @@ def order_detail(o: Order) -> dict[str, Any]:
         "intermediador": {"cnpj": "", "nomeUsuario": ""},
         "taxas": {"taxaComissao": 0, "custoFrete": 0, "valorBase": 0},
     }
-
-
-def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, Any]:
-    """Spoil one record the way ``MALFORMED_KIND_NAMES[stream][kind]`` says."""
-    if stream == "products":
-        if kind == 0:
-            record.pop("id", None)
-        elif kind == 1:
-            record["preco"] = comma_decimal(record["preco"])
-        elif kind == 2:
-            record["nome"] = None
-        else:
-            record["preco"] = {"valor": record["preco"]}
-    elif stream == "stock_levels":
-        if kind == 0:
-            record.pop("produto", None)
-        elif kind == 1:
-            record["saldoFisicoTotal"] = comma_decimal(record["saldoFisicoTotal"])
-        elif kind == 2:
-            record["depositos"] = None
-        else:
-            record["saldoVirtualTotal"] = {"valor": record["saldoVirtualTotal"]}
-    elif stream == "customers":
-        if kind == 0:
-            record.pop("id", None)
-        elif kind == 1:
-            record["nome"] = None
-        elif kind == 2:
-            record["numeroDocumento"] = bump_last_digit(record["numeroDocumento"])
-        else:
-            record["nome"] = [record["nome"]]
-    elif kind == 0:
-        record.pop("id", None)
-    elif kind == 1:
-        record["total"] = comma_decimal(record["total"])
-    elif kind == 2:
-        record["contato"] = None
-    else:
-        record["total"] = {"valor": record["total"]}
-    return record
 
 
 # --------------------------------------------------------------------- the app

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, fields
 from itertools import starmap
 from math import gcd
 from operator import mul, sub
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 import orjson
 import uvicorn
@@ -583,6 +583,62 @@ def gtin13_789(item: int) -> str:
 def bump_last_digit(digits: str) -> str:
     """The last digit one up (9 wraps to 0): a valid CPF/CNPJ so changed fails its check."""
     return digits[:-1] + str((int(digits[-1]) + 1) % 10)
+
+
+# ------------------------------------------------------------- malformed records
+
+# How a field of a malformed record is spoilt, and the name of that kind of break.
+Spoil = Literal["drop", "comma", "null", "wrap", "list", "bump"]
+_KIND_NAME: Mapping[Spoil, str] = {
+    "drop": "missing_{}",
+    "comma": "{}_not_numeric",  # 12.5 -> "12,50"
+    "null": "{}_null",
+    "wrap": "{}_wrong_type",  # 12.5 -> {"valor": 12.5}
+    "list": "{}_wrong_type",  # "Nome" -> ["Nome"]
+    "bump": "{}_bad_check_digits",  # a CPF/CNPJ with its last digit one up
+}
+
+
+@dataclass(frozen=True)
+class Breaks:
+    """The ways an ERP dialect spoils a stream's records: kind ``k`` of ``stream`` does
+    ``spoils[stream][k]`` (how, and the path of the field) to the record."""
+
+    spoils: Mapping[str, Sequence[tuple[Spoil, tuple[str, ...]]]]
+
+    def __post_init__(self) -> None:
+        # Dataset.malformed_kind draws one of MALFORMED_KINDS kinds for every stream.
+        for stream, ways in self.spoils.items():
+            if len(ways) != MALFORMED_KINDS:
+                raise ValueError(f"{stream}: {len(ways)} ways to break, not {MALFORMED_KINDS}")
+
+    def kind_names(self) -> dict[str, tuple[str, ...]]:
+        """``missing_id``, ``preco_not_numeric``...: the names the truth endpoints give."""
+        return {
+            stream: tuple(_KIND_NAME[how].format(path[-1]) for how, path in ways)
+            for stream, ways in self.spoils.items()
+        }
+
+    def apply(self, stream: str, kind: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Spoil ``record`` (in place, and returned) the way kind ``kind`` says."""
+        how, path = self.spoils[stream][kind]
+        *parents, key = path
+        target = record
+        for parent in parents:
+            target = target[parent]
+        if how == "drop":
+            target.pop(key, None)
+        elif how == "null":
+            target[key] = None
+        elif how == "comma":
+            target[key] = comma_decimal(target[key])
+        elif how == "wrap":
+            target[key] = {"valor": target[key]}
+        elif how == "list":
+            target[key] = [target[key]]
+        else:
+            target[key] = bump_last_digit(target[key])
+        return record
 
 
 # Slugs of the names e-mail addresses are made of: unicodedata per record is costly.

@@ -124,6 +124,7 @@ from erp_sync.sandbox.common import (
     Account,
     AccountSpec,
     BaseKnobs,
+    Breaks,
     Customer,
     Dataset,
     FaultAction,
@@ -137,8 +138,6 @@ from erp_sync.sandbox.common import (
     Window,
     admin_routes,
     bad_gateway_page,
-    bump_last_digit,
-    comma_decimal,
     money,
     periodic_mutations_lifespan,
     qty,
@@ -152,32 +151,23 @@ DEFAULT_PAGE = 50
 DEMO_APP_KEY = "3417551238741"
 DEMO_APP_SECRET = "5bd2f3f1d0a94c07b8e2a6c4f9e1d3a7"  # noqa: S105 - public demo credential
 
-MALFORMED_KIND_NAMES: Mapping[str, Sequence[str]] = {
-    "products": (
-        "missing_codigo_produto",
-        "valor_unitario_not_numeric",
-        "descricao_null",
-        "valor_unitario_wrong_type",
-    ),
-    "stock_levels": (
-        "missing_nCodProd",
-        "fisico_not_numeric",
-        "reservado_null",
-        "nSaldo_wrong_type",
-    ),
-    "customers": (
-        "missing_codigo_cliente_omie",
-        "razao_social_null",
-        "cnpj_cpf_bad_check_digits",
-        "razao_social_wrong_type",
-    ),
-    "sales_orders": (
-        "missing_codigo_pedido",
-        "valor_total_pedido_not_numeric",
-        "cabecalho_null",
-        "valor_total_pedido_wrong_type",
-    ),
-}
+# How each stream's malformed records are spoilt (see Breaks); kind k is the k-th way.
+BREAKS = Breaks(
+    {
+        "products": [("drop", ("codigo_produto",)), ("comma", ("valor_unitario",)),
+                     ("null", ("descricao",)), ("wrap", ("valor_unitario",))],
+        "stock_levels": [("drop", ("nCodProd",)), ("comma", ("fisico",)),
+                         ("null", ("reservado",)), ("wrap", ("nSaldo",))],
+        "customers": [("drop", ("codigo_cliente_omie",)), ("null", ("razao_social",)),
+                      ("bump", ("cnpj_cpf",)), ("list", ("razao_social",))],
+        "sales_orders": [("drop", ("cabecalho", "codigo_pedido")),
+                         ("comma", ("total_pedido", "valor_total_pedido")),
+                         ("null", ("cabecalho",)),
+                         ("wrap", ("total_pedido", "valor_total_pedido"))],
+    }
+)  # fmt: skip
+MALFORMED_KIND_NAMES: Mapping[str, Sequence[str]] = BREAKS.kind_names()
+break_record = BREAKS.apply
 
 # Common order statuses -> (etapa, cancelado, faturado).
 ORDER_STAGE = {
@@ -617,48 +607,6 @@ def order_record(o: Order) -> dict[str, Any]:
             "codVend": o.seller_id,
         },
     }
-
-
-def break_record(stream: str, kind: int, record: dict[str, Any]) -> dict[str, Any]:
-    """Spoil one record the way ``MALFORMED_KIND_NAMES[stream][kind]`` says."""
-    if stream == "products":
-        if kind == 0:
-            record.pop("codigo_produto", None)
-        elif kind == 1:
-            record["valor_unitario"] = comma_decimal(record["valor_unitario"])
-        elif kind == 2:
-            record["descricao"] = None
-        else:
-            record["valor_unitario"] = {"valor": record["valor_unitario"]}
-    elif stream == "stock_levels":
-        if kind == 0:
-            record.pop("nCodProd", None)
-        elif kind == 1:
-            record["fisico"] = comma_decimal(record["fisico"])
-        elif kind == 2:
-            record["reservado"] = None
-        else:
-            record["nSaldo"] = {"valor": record["nSaldo"]}
-    elif stream == "customers":
-        if kind == 0:
-            record.pop("codigo_cliente_omie", None)
-        elif kind == 1:
-            record["razao_social"] = None
-        elif kind == 2:
-            record["cnpj_cpf"] = bump_last_digit(record["cnpj_cpf"])
-        else:
-            record["razao_social"] = [record["razao_social"]]
-    elif kind == 0:
-        record["cabecalho"].pop("codigo_pedido", None)
-    elif kind == 1:
-        totals = record["total_pedido"]
-        totals["valor_total_pedido"] = comma_decimal(totals["valor_total_pedido"])
-    elif kind == 2:
-        record["cabecalho"] = None
-    else:
-        totals = record["total_pedido"]
-        totals["valor_total_pedido"] = {"valor": totals["valor_total_pedido"]}
-    return record
 
 
 # -------------------------------------------------------------- consumption rules
