@@ -14,6 +14,22 @@ C = TypeVar("C", bound="SandboxConfig")
 
 DEMO_SECRET = "sandbox-secret"  # noqa: S105 - a public demo credential, printed at start
 
+# Options both sandboxes take (their defaults are each command's own).
+Host = Annotated[str, typer.Option(help="Interface to bind")]
+Port = Annotated[int, typer.Option(help="Port (0 = any free port)")]
+Products = Annotated[int, typer.Option(help="Products at start")]
+Seed = Annotated[int, typer.Option(help="Same seed, same data")]
+HistoryDays = Annotated[int, typer.Option(help="Days of change history")]
+Anchor = Annotated[
+    str, typer.Option(help="YYYY-MM-DD ending the history (default today): same data any day")
+]
+LatencyMs = Annotated[int, typer.Option(help="Added to every API answer")]
+ErrorRate = Annotated[float, typer.Option(help="Share of 500/502/503 answers")]
+MalformedRate = Annotated[float, typer.Option(help="Share of broken records")]
+MutateEvery = Annotated[
+    float, typer.Option(help="Apply a small batch of changes every N seconds, 0 = off")
+]
+
 sandbox_app = typer.Typer(
     help="Local stand-ins for ERP APIs, for connector development, tests and benchmarks.",
     no_args_is_help=True,
@@ -28,29 +44,25 @@ def _group() -> None:
 @sandbox_app.command()
 def bling(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 8901,
-    products: Annotated[int, typer.Option(help="Products at start")] = 1000,
+    host: Host = "127.0.0.1",
+    port: Port = 8901,
+    products: Products = 1000,
     customers: Annotated[int, typer.Option(help="Customers (contatos) at start")] = 300,
     orders: Annotated[int, typer.Option(help="Sales orders at start")] = 2000,
     warehouses: Annotated[int, typer.Option(help="Warehouses (depósitos), 1-3")] = 3,
-    seed: Annotated[int, typer.Option(help="Same seed, same data")] = 1,
-    history_days: Annotated[int, typer.Option(help="Days of change history")] = 730,
-    anchor: Annotated[
-        str, typer.Option(help="YYYY-MM-DD ending the history (default today): same data any day")
-    ] = "",
-    latency_ms: Annotated[int, typer.Option(help="Added to every API answer")] = 0,
-    error_rate: Annotated[float, typer.Option(help="Share of 500/502/503 answers")] = 0.0,
-    malformed_rate: Annotated[float, typer.Option(help="Share of broken records")] = 0.0,
+    seed: Seed = 1,
+    history_days: HistoryDays = 730,
+    anchor: Anchor = "",
+    latency_ms: LatencyMs = 0,
+    error_rate: ErrorRate = 0.0,
+    malformed_rate: MalformedRate = 0.0,
     rate_limit: Annotated[int, typer.Option(help="Requests/s per account, 0 = off")] = 3,
     daily_limit: Annotated[int, typer.Option(help="Requests/day per account, 0 = off")] = 120_000,
     token_ttl: Annotated[int, typer.Option(help="Access token lifetime, seconds")] = 21600,
     client_id: Annotated[str, typer.Option(help="OAuth client id")] = "merxios-sandbox",
     client_secret: Annotated[str, typer.Option(help="OAuth client secret")] = DEMO_SECRET,
     auth_code: Annotated[str, typer.Option(help="Authorization code to exchange")] = "sandbox-code",
-    mutate_every: Annotated[
-        float, typer.Option(help="Apply a small batch of changes every N seconds, 0 = off")
-    ] = 0.0,
+    mutate_every: MutateEvery = 0.0,
 ) -> None:
     """Serve the Bling API v3 sandbox until Ctrl-C."""
     from erp_sync.sandbox.bling import BlingSandboxConfig, serve
@@ -61,20 +73,18 @@ def bling(
 @sandbox_app.command()
 def omie(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 8902,
-    products: Annotated[int, typer.Option(help="Products at start")] = 1000,
+    host: Host = "127.0.0.1",
+    port: Port = 8902,
+    products: Products = 1000,
     customers: Annotated[int, typer.Option(help="Customers (clientes) at start")] = 300,
     orders: Annotated[int, typer.Option(help="Sales orders (pedidos) at start")] = 2000,
     warehouses: Annotated[int, typer.Option(help="Stock locals (locais de estoque), 1-3")] = 3,
-    seed: Annotated[int, typer.Option(help="Same seed, same data")] = 1,
-    history_days: Annotated[int, typer.Option(help="Days of change history")] = 730,
-    anchor: Annotated[
-        str, typer.Option(help="YYYY-MM-DD ending the history (default today): same data any day")
-    ] = "",
-    latency_ms: Annotated[int, typer.Option(help="Added to every API answer")] = 0,
-    error_rate: Annotated[float, typer.Option(help="Share of 500/502/503 answers")] = 0.0,
-    malformed_rate: Annotated[float, typer.Option(help="Share of broken records")] = 0.0,
+    seed: Seed = 1,
+    history_days: HistoryDays = 730,
+    anchor: Anchor = "",
+    latency_ms: LatencyMs = 0,
+    error_rate: ErrorRate = 0.0,
+    malformed_rate: MalformedRate = 0.0,
     ip_limit: Annotated[int, typer.Option(help="Requests per window per IP, 0 = off")] = 960,
     method_limit: Annotated[
         int, typer.Option(help="Requests per window per (app key, method), 0 = off")
@@ -92,9 +102,7 @@ def omie(
     block_seconds: Annotated[int, typer.Option(help="How long a block lasts, seconds")] = 1800,
     app_key: Annotated[str, typer.Option(help="The app key to accept")] = "",
     app_secret: Annotated[str, typer.Option(help="Its app secret")] = "",
-    mutate_every: Annotated[
-        float, typer.Option(help="Apply a small batch of changes every N seconds, 0 = off")
-    ] = 0.0,
+    mutate_every: MutateEvery = 0.0,
 ) -> None:
     """Serve the Omie API sandbox until Ctrl-C."""
     from erp_sync.sandbox.omie import DEMO_APP_KEY, DEMO_APP_SECRET, OmieSandboxConfig, serve
