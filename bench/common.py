@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
+from psycopg.types.json import Jsonb
 
 from erp_sync.migrations import upgrade
 from erp_sync.settings import Settings
@@ -85,6 +87,35 @@ def sandbox_process(*args: str) -> Iterator[SandboxProcess]:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def unlimited_sandbox(products: int) -> contextlib.AbstractContextManager[SandboxProcess]:
+    """A Bling sandbox of ``products`` products (and a few customers and orders) with its
+    rate and daily limits off: what the throughput benchmarks read."""
+    return sandbox_process("--products", str(products), "--customers", "10", "--orders",
+                           "10", "--rate-limit", "0", "--daily-limit", "0")  # fmt: skip
+
+
+def add_connection(url: str, settings: dict[str, Any] | None = None, credentials: str = "") -> None:
+    """The tenant ``bench`` and its Bling connection ``bench`` (credentials as stored:
+    encrypted)."""
+    with psycopg.connect(url) as c:
+        c.execute("""INSERT INTO "Tenant" (id, name) VALUES ('bench', 'Bench')""")
+        c.execute(
+            """INSERT INTO "ErpConnection" (id, "tenantId", provider, settings, credentials)
+               VALUES ('bench', 'bench', 'bling', %s, %s)""",
+            (Jsonb(settings or {}), credentials),
+        )
+
+
+def cpu_of(*pids: int) -> tuple[float, ...]:
+    """CPU seconds used so far by each process in ``pids``, then by PostgreSQL's."""
+    return (*(cpu_seconds(pid) for pid in pids), postgres_cpu_seconds())
+
+
+def micros_per_row(before: tuple[float, ...], after: tuple[float, ...], rows: int) -> list[float]:
+    """What each process of ``cpu_of`` used between two readings, in µs of CPU a row."""
+    return [(b - a) / rows * 1e6 for a, b in zip(before, after, strict=True)]
 
 
 def tokens(root: str) -> dict[str, str]:

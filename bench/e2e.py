@@ -28,14 +28,15 @@ import redis
 from bench.common import (
     ERP_SYNC,
     ROOT,
+    add_connection,
     checkpoint,
-    cpu_seconds,
+    cpu_of,
     drop_database,
     fresh_database,
-    postgres_cpu_seconds,
+    micros_per_row,
     record,
-    sandbox_process,
     tokens,
+    unlimited_sandbox,
 )
 from erp_sync.jobs.queues import JobQueues, SyncJobData
 from erp_sync.kit.crypto import Box, generate_key
@@ -87,23 +88,14 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
     }
     settings = Settings(_env_file=None, database_url=url, encryption_key=key, queue_prefix=prefix)
-    with sandbox_process("--products", str(args.products), "--customers", "10", "--orders", "10",
-                         "--rate-limit", "0", "--daily-limit", "0") as sandbox:  # fmt: skip
+    with unlimited_sandbox(args.products) as sandbox:
         root = sandbox.root
         creds = tokens(root)
-        with psycopg.connect(url) as c:
-            c.execute("""INSERT INTO "Tenant" (id, name) VALUES ('bench', 'Bench')""")
-            c.execute(
-                """INSERT INTO "ErpConnection" (id, "tenantId", provider, settings, credentials)
-                   VALUES ('bench', 'bench', 'bling', %s, %s)""",
-                (
-                    psycopg.types.json.Jsonb(
-                        {"base_url": f"{root}/Api/v3", "fetch_details": False,
-                         "rate_limit_per_second": 0}
-                    ),
-                    Box(key).encrypt_json(creds),
-                ),
-            )  # fmt: skip
+        add_connection(
+            url,
+            {"base_url": f"{root}/Api/v3", "fetch_details": False, "rate_limit_per_second": 0},
+            Box(key).encrypt_json(creds),
+        )
         worker = subprocess.Popen([ERP_SYNC, "worker"], cwd=ROOT / "bench", env=env)
         try:
             time.sleep(2)
@@ -118,7 +110,7 @@ def main() -> None:
 
             checkpoint(url)
             # CPU used by the three processes that share this machine's cores meanwhile.
-            cpu_before = (cpu_seconds(worker.pid), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
+            cpu_before = cpu_of(worker.pid, sandbox.pid)
             job_id = asyncio.run(enqueue())
             while True:
                 with psycopg.connect(url) as c:
@@ -130,7 +122,7 @@ def main() -> None:
                 if row:
                     break
                 time.sleep(1)
-            cpu_after = (cpu_seconds(worker.pid), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
+            cpu_after = cpu_of(worker.pid, sandbox.pid)
             rss = peak_rss_mb(worker.pid)
         finally:
             worker.terminate()
@@ -141,9 +133,7 @@ def main() -> None:
     rows, t_copy = copy_baseline(url)
     e2e_rate = rows / (duration_ms / 1000)
     copy_rate = rows / t_copy
-    worker_us, postgres_us, sandbox_us = (
-        (after - before) / rows * 1e6 for before, after in zip(cpu_before, cpu_after, strict=True)
-    )
+    worker_us, sandbox_us, postgres_us = micros_per_row(cpu_before, cpu_after, rows)
     # All three run on this machine's cores: rows/s can be at most cores / CPU per row.
     cores = os.cpu_count() or 1
     ceiling = cores / ((worker_us + postgres_us + sandbox_us) / 1e6)

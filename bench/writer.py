@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
-from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,10 +54,6 @@ def make_rows(start: int, count: int) -> list[writer.Row]:
     return rows
 
 
-def _as_is(payload: bytes) -> bytes:
-    return payload
-
-
 def reset_db() -> str:
     return fresh_database(DB)
 
@@ -84,7 +79,7 @@ def copy_baseline(url: str, batches: list[list[writer.Row]]) -> float:
                         d = r.record.__dict__
                         cp.write_row(
                             ("t", "c", r.record.externalId, *(d[n] for n in spec.names),
-                             Jsonb(r.raw_json, dumps=_as_is), r.hash, r.record.sourceUpdatedAt,
+                             writer.serialized_jsonb(r.raw_json), r.hash, r.record.sourceUpdatedAt,
                              now, None)
                         )  # fmt: skip
         c.commit()

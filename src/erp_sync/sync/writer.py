@@ -237,9 +237,14 @@ def _as_is(payload: bytes) -> bytes:
     return payload
 
 
+def serialized_jsonb(payload: bytes) -> Jsonb:
+    """A jsonb value already serialised to JSON: COPY sends the bytes as they are."""
+    return Jsonb(payload, dumps=_as_is)
+
+
 def _jsonb(row: Row) -> Jsonb:
     if row.raw_json is not None:
-        return Jsonb(row.raw_json, dumps=_as_is)
+        return serialized_jsonb(row.raw_json)
     return Jsonb(row.raw)
 
 
