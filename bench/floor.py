@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,19 +29,20 @@ import httpx
 import orjson
 import psycopg
 import uvloop
-from psycopg.types.json import Jsonb
 
 from bench.common import (
+    add_connection,
     checkpoint,
-    cpu_seconds,
+    cpu_of,
     drop_database,
     fresh_database,
-    postgres_cpu_seconds,
+    micros_per_row,
     record,
-    sandbox_process,
     tokens,
+    unlimited_sandbox,
 )
 from bench.e2e import copy_baseline
+from erp_sync.sync.writer import serialized_jsonb
 
 DB = "erp_sync_bench_floor"
 PAGE = 100
@@ -54,15 +56,15 @@ TYPES = ["text", "text", "text", "text", "text", "numeric", "numeric", "bool", "
          "bytea", "timestamptz"]  # fmt: skip
 
 
-def _as_is(payload: bytes) -> bytes:
-    return payload
-
-
 def _money(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
-async def land(root: str, token: str, url: str) -> int:
+async def land(
+    root: str, token: str, url: str, measure: Callable[[], tuple[float, ...]]
+) -> tuple[int, tuple[float, ...]]:
+    """Land every product; also ``measure()`` once the last write is in, while this
+    run's PostgreSQL backend still lives (an ended backend's CPU is no longer counted)."""
     ended = False  # a short page was read: schedule no more
     async with (
         httpx.AsyncClient(
@@ -121,7 +123,7 @@ async def land(root: str, token: str, url: str) -> int:
                         _money(item.get("preco")),
                         _money(item.get("precoCusto")),
                         item.get("situacao") == "A",
-                        Jsonb(raw, dumps=_as_is),
+                        serialized_jsonb(raw),
                         hashlib.blake2b(raw, digest_size=16).digest(),
                         now,
                     )
@@ -131,7 +133,8 @@ async def land(root: str, token: str, url: str) -> int:
                 batch = []
         await batches.put(None)
         landed = await writer
-    return landed
+        measured = measure()
+    return landed, measured
 
 
 def main() -> None:
@@ -139,31 +142,28 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=1_000_000)
     args = ap.parse_args()
     url = fresh_database(DB)
-    with sandbox_process("--products", str(args.products), "--customers", "10", "--orders", "10",
-                         "--rate-limit", "0", "--daily-limit", "0") as sandbox:  # fmt: skip
+    with unlimited_sandbox(args.products) as sandbox:
         token = tokens(sandbox.root)["access_token"]
-        with psycopg.connect(url) as c:
-            c.execute("""INSERT INTO "Tenant" (id, name) VALUES ('bench', 'Bench')""")
-            c.execute(
-                """INSERT INTO "ErpConnection" (id, "tenantId", provider, settings, credentials)
-                   VALUES ('bench', 'bench', 'bling', '{}', '')"""
-            )
+        add_connection(url)
         checkpoint(url)
-        me = os.getpid()
-        cpu_before = (cpu_seconds(me), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
+        pids = (os.getpid(), sandbox.pid)
+        cpu_before = cpu_of(*pids)
         started = time.perf_counter()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            rows = runner.run(land(sandbox.root, token, url))
-        elapsed = time.perf_counter() - started
-        cpu_after = (cpu_seconds(me), postgres_cpu_seconds(), cpu_seconds(sandbox.pid))
+            rows, (elapsed, *cpu_after) = runner.run(
+                land(
+                    sandbox.root,
+                    token,
+                    url,
+                    lambda: (time.perf_counter() - started, *cpu_of(*pids)),
+                )
+            )
     checkpoint(url)
     copied, t_copy = copy_baseline(url)
     assert copied == rows, (copied, rows)
     floor_rate = rows / elapsed
     copy_rate = rows / t_copy
-    worker_us, postgres_us, sandbox_us = (
-        (after - before) / rows * 1e6 for before, after in zip(cpu_before, cpu_after, strict=True)
-    )
+    worker_us, sandbox_us, postgres_us = micros_per_row(cpu_before, tuple(cpu_after), rows)
     record(
         "floor",
         f"{rows:,} products, Bling sandbox (limits off) → fetch, parse, COPY only (one process)",
