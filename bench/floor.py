@@ -42,7 +42,8 @@ from bench.common import (
     unlimited_sandbox,
 )
 from bench.e2e import copy_baseline
-from erp_sync.sync.writer import serialized_jsonb
+from erp_sync.connectors.raw import number_to_decimal
+from erp_sync.sync.writer import canonical_json, serialized_jsonb
 
 DB = "erp_sync_bench_floor"
 PAGE = 100
@@ -57,7 +58,7 @@ TYPES = ["text", "text", "text", "text", "text", "numeric", "numeric", "bool", "
 
 
 def _money(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+    return None if value is None else number_to_decimal(value)
 
 
 async def land(
@@ -112,7 +113,7 @@ async def land(
                 ahead.append(asyncio.ensure_future(fetch(following)))
                 following += 1
             for item in items:
-                raw = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+                raw = canonical_json(item)  # as Row.of serialises it
                 batch.append(
                     (
                         "bench",
