@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from erp_sync.canonical import Canonical
+from erp_sync.canonical import Canonical, validated
 from erp_sync.connectors.governor import Governor
 from erp_sync.errors import ConfigError, DataError
 
@@ -20,14 +20,15 @@ Mapper = Callable[[dict[str, Any]], Canonical]
 
 
 def map_stream(provider: str, mappers: Mapping[str, Mapper], stream: str, raw: Any) -> Canonical:
-    """``raw`` mapped by its stream's mapper. A stream the ERP lacks, or a record that is
-    not a JSON object, is a DataError (the engine quarantines the record with it)."""
+    """``raw`` mapped by its stream's mapper and checked against its canonical model
+    (``validated``: a broken rule raises ``Invalid``). A stream the ERP lacks, or a record
+    that is not a JSON object, is a DataError (the engine quarantines the record with it)."""
     mapper = mappers.get(stream)
     if mapper is None:
         raise DataError(f"{provider} has no stream {stream!r}")
     if not isinstance(raw, dict):
         raise DataError(f"a {provider} record is an object, not a {type(raw).__name__}")
-    return mapper(raw)
+    return validated(mapper(raw))
 
 
 # A cursor is a small JSON object owned by the connector (e.g. {"since": "...", "id": 12});

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from erp_sync.canonical import Invalid
 from erp_sync.connectors.base import STREAMS, Connector, ConnectorContext, Page
 from erp_sync.connectors.governor import Governor
 from erp_sync.connectors.registry import get_connector
@@ -197,6 +198,8 @@ def map_record(
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "record"
         reason = f"{where}: {err.get('msg', 'invalid')}"
+    except Invalid as exc:  # the canonical model's own check: "field: what is wrong"
+        reason = str(exc)[:2000]
     except (DataError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
     else:
